@@ -1,0 +1,1 @@
+"""`mapo-data build` (being written)."""

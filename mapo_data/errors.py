@@ -1,0 +1,9 @@
+"""User-facing errors: the CLIs print these as one line, without a traceback, and exit non-zero."""
+
+from __future__ import annotations
+
+
+class MapoError(Exception):
+    """A problem the user can fix (bad input, missing file, unreachable model): one-line message."""
+
+    exit_code = 2

@@ -1,0 +1,139 @@
+"""Writing a pair-dataset folder: atomic shards, completion markers, the manifest.
+
+Layout::
+
+    OUT/
+      data/train-00000.parquet ...   shards, each renamed into place only when complete
+      manifest.json                  written last: its presence means the folder is complete
+      .mapo/config.json              the resolved config of the run that owns the folder
+      .mapo/completions/00000.json   one marker per finished shard (rows, bytes, sha256)
+
+Hidden paths (``.mapo``, temporary ``.*.tmp`` files) are ignored by ``datasets`` and by ``push``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mapo_data.schema import MANIFEST_NAME, shard_name
+
+STATE_DIR = ".mapo"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    index: int
+    path: str  # relative to the dataset root, POSIX separators
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a hidden temporary file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def row_group_rows(image_bytes_per_row: int, max_group_bytes: int = 100 * 2**20) -> int:
+    """Rows per parquet row group so a group stays under the Hub viewer's ~100 MB (uncompressed)."""
+    return max(1, min(1000, max_group_bytes // max(1, image_bytes_per_row)))
+
+
+class DatasetWriter:
+    """Owns one output folder: shard files, their completion markers, and the final manifest."""
+
+    def __init__(self, root: Path | str, split: str = "train"):
+        self.root = Path(root)
+        self.split = split
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def marker_path(self, index: int) -> Path:
+        return self.state_dir / "completions" / f"{index:05d}.json"
+
+    def shard_path(self, index: int) -> Path:
+        return self.root / shard_name(index, self.split)
+
+    def completed(self, index: int) -> ShardInfo | None:
+        """The shard's info if its marker exists and the file on disk still matches it."""
+        marker = self.marker_path(index)
+        if not marker.is_file():
+            return None
+        info = ShardInfo(**read_json(marker))
+        shard = self.root / info.path
+        if not shard.is_file() or shard.stat().st_size != info.bytes:
+            return None
+        return info
+
+    def write_shard(self, index: int, table: pa.Table, row_group_size: int | None = None) -> ShardInfo:
+        """Write ``table`` as shard ``index`` atomically, then record its completion."""
+        final = self.shard_path(index)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        info = ShardInfo(
+            index=index,
+            path=final.relative_to(self.root).as_posix(),
+            rows=table.num_rows,
+            bytes=final.stat().st_size,
+            sha256=sha256_file(final),
+        )
+        atomic_write_json(self.marker_path(index), asdict(info))
+        return info
+
+    def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        path = self.root / MANIFEST_NAME
+        atomic_write_json(path, manifest)
+        return path
+
+
+def shard_entries(infos: list[ShardInfo]) -> list[dict[str, Any]]:
+    """Manifest entries for shards, in index order (``index`` is internal bookkeeping)."""
+    return [
+        {k: v for k, v in asdict(i).items() if k != "index"} for i in sorted(infos, key=lambda i: i.index)
+    ]

@@ -1,0 +1,211 @@
+"""The built-in tiny SDXL-architecture model.
+
+It has every part of Stable Diffusion XL (a UNet with text-time micro-conditioning, a VAE with
+SDXL's 8x downsampling, two CLIP text encoders, the second one with a projection, two CLIP BPE
+tokenizers and an Euler scheduler), only very small. It is built from code with a fixed seed,
+needs no network, is written once in the diffusers folder layout to a cache directory and is then
+loaded with ``from_pretrained`` like any Hub model, so tests and the quickstart exercise exactly
+the code path used for SDXL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+TINY_MODEL_NAME = "tiny"
+# Bump when the architecture or the vocabulary changes: the cache folder name includes it, so an
+# old cache is never mistaken for the new model.
+TINY_MODEL_VERSION = 1
+TINY_SEED = 0
+TINY_RESOLUTION = 64
+
+# Words the tiny tokenizer learns whole, so typical prompts take about as many tokens as with the
+# real CLIP vocabulary (unknown words fall back to characters, as in real BPE). Kept here rather
+# than derived from the prompt file, so the tiny model never changes when prompts are edited.
+_TINY_WORDS = """
+a an the of in on at with and or to from by for over under near above below behind into onto
+image photo picture painting drawing illustration art style animated disney pixel realistic 8k
+sexual nudity +19 render scene portrait landscape close up view wide shot detailed cat dog fox
+bird horse owl rabbit bear wolf deer fish whale turtle dragon robot lion tiger elephant giraffe
+penguin frog mouse monkey butterfly bee duck cow sheep goat squirrel man woman girl boy child
+people person old young friends family couple chef farmer sailor knight wizard astronaut
+scientist musician dancer teacher doctor pilot house castle tower bridge city street village
+market cafe kitchen garden library room window door road path river lake sea ocean beach island
+mountain hill forest field desert valley sky cloud clouds sun moon star stars rain snow storm
+fog wind night day morning evening sunset sunrise dawn dusk winter summer spring autumn fall
+light shadow red blue green yellow orange purple pink white black brown gray grey golden silver
+small big large tiny huge little tall long short old new bright dark quiet busy empty full
+sitting standing walking running flying swimming sleeping reading eating playing holding
+looking riding wearing carrying cooking painting dancing singing waiting boat ship train car
+bicycle bus plane balloon kite lantern lamp clock book cup tea coffee table chair bed flower
+flowers tree trees leaves grass stone rock wall roof fire candle bread cake fruit apple basket
+hat coat dress umbrella guitar piano
+""".split()
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """CLIP's reversible byte -> printable-unicode map (every byte gets a visible character)."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A CLIP-format BPE vocabulary: all bytes (plain and word-final), whole-word merges, specials."""
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars]
+    merges: list[tuple[str, str]] = []
+    seen_tokens = set(tokens)
+    for word in _TINY_WORDS:
+        symbols = [_bytes_to_unicode()[b] for b in word.encode("utf-8")]
+        symbols[-1] += "</w>"
+        current = symbols[0]
+        for symbol in symbols[1:]:
+            merged = current + symbol
+            if merged not in seen_tokens:
+                merges.append((current, symbol))
+                tokens.append(merged)
+                seen_tokens.add(merged)
+            current = merged
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def _tiny_components():
+    """Build all pipeline components with a fixed seed (imports are local: torch is heavy)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+    )
+
+    vocab, merges = tiny_vocab_and_merges()
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(
+        sample_size=TINY_RESOLUTION // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        transformer_layers_per_block=(1, 1),
+        # SDXL's micro-conditioning: 6 size/crop numbers embedded with addition_time_embed_dim
+        # each, concatenated with the second encoder's pooled projection (32).
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,  # 32 + 32: the two encoders' hidden states side by side
+        norm_num_groups=8,
+    )
+    torch.manual_seed(TINY_SEED + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=TINY_RESOLUTION,
+        scaling_factor=0.13025,  # SDXL's value
+    )
+    text_kwargs = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+        projection_dim=32,
+    )
+    torch.manual_seed(TINY_SEED + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_kwargs))
+    torch.manual_seed(TINY_SEED + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_kwargs))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    tokenizer_2 = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        scheduler=scheduler,
+    )
+
+
+def _cache_root() -> Path:
+    if os.environ.get("MAPO_CACHE"):
+        return Path(os.environ["MAPO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mapo"
+
+
+def _tiny_fingerprint() -> str:
+    vocab, merges = tiny_vocab_and_merges()
+    payload = json.dumps([TINY_MODEL_VERSION, TINY_SEED, len(vocab), merges], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def tiny_model_path() -> Path:
+    """The folder of the tiny model in the diffusers layout, written on first use."""
+    target = _cache_root() / f"tiny-sdxl-v{TINY_MODEL_VERSION}-{_tiny_fingerprint()}"
+    if (target / "model_index.json").is_file():
+        return target
+    from diffusers import StableDiffusionXLPipeline
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so a concurrent or interrupted writer never leaves a
+    # half-written model that looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        pipe = StableDiffusionXLPipeline(**_tiny_components(), add_watermarker=False)
+        pipe.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_id(model: str) -> str:
+    """Map the name ``tiny`` to the built-in model's folder; pass anything else through."""
+    return str(tiny_model_path()) if model == TINY_MODEL_NAME else model
