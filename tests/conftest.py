@@ -1,0 +1,32 @@
+"""Shared test setup: everything runs offline on the CPU with the built-in tiny model."""
+
+from __future__ import annotations
+
+import os
+
+# The Hub is never reachable in tests; the real loading code must take the offline path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    """Folder of the built-in tiny SDXL model in the diffusers layout (built once, then cached)."""
+    from mapo_data.tiny import tiny_model_path as build
+
+    return build()
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
