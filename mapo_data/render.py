@@ -1,0 +1,201 @@
+"""Rendering images with a diffusers StableDiffusionXLPipeline: loading the model and turning
+(prompt, seed) lists into PIL images. Used by `mapo-data build` and by `mapo-train eval`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mapo_data.errors import MapoError
+from mapo_data.tiny import TINY_MODEL_NAME, resolve_model_id
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# The stock SDXL VAE overflows in fp16 and decodes black images; this fine-tune does not.
+FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+DTYPES = ("fp16", "bf16", "fp32")
+
+# Short names for the schedulers people use with SDXL -> (diffusers class, extra config).
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+
+
+@dataclass
+class RenderConfig:
+    """How images are rendered. Every field maps onto a `mapo-data build` option."""
+
+    model: str = DEFAULT_MODEL
+    """Hub id, local diffusers folder, or ``tiny`` (the built-in tiny SDXL-architecture model)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    vae: str | None = None
+    """VAE to use instead of the model's; default: the fp16-fix VAE when dtype is fp16 (not for tiny)."""
+    dtype: str = "fp16"
+    """Weights and compute dtype: fp16, bf16 or fp32."""
+    device: str | None = None
+    """torch device; default: the accelerate process's device (CUDA when available, else CPU)."""
+    steps: int = 30
+    """Denoising steps."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance scale."""
+    height: int | None = None
+    """Image height in pixels, a multiple of 8; default: the model's native size (1024 for SDXL)."""
+    width: int | None = None
+    """Image width in pixels, a multiple of 8; default: the model's native size."""
+    scheduler: str | None = None
+    """One of SCHEDULERS' names; default: the model's own scheduler."""
+    negative_prompt: str | None = None
+    """Negative prompt applied to every image."""
+    compile: bool = False
+    """torch.compile the UNet (pays off on long GPU runs)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise MapoError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % 8):
+                raise MapoError(f"--{name} must be a positive multiple of 8, got {value}")
+        if self.steps < 1:
+            raise MapoError(f"--steps must be at least 1, got {self.steps}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise MapoError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
+
+    def resolved_vae(self) -> str | None:
+        if self.vae is not None:
+            return self.vae
+        if self.dtype == "fp16" and self.model != TINY_MODEL_NAME:
+            return FP16_FIX_VAE
+        return None
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_error(what: str, name: str, err: Exception) -> MapoError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return MapoError(
+        f"cannot load {what} {name!r} ({detail}); offline or not found? "
+        "Use a local diffusers folder, or --model tiny for the built-in tiny model"
+    )
+
+
+def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiffusionXLPipeline:
+    """Load the SDXL pipeline (and VAE) for ``config`` onto ``device``; MapoError when it cannot."""
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+    from diffusers import schedulers as diffusers_schedulers
+
+    model_path = resolve_model_id(config.model)
+    if Path(config.model).exists() and not Path(config.model, "model_index.json").is_file():
+        raise MapoError(f"{config.model} is not a diffusers model folder (no model_index.json)")
+    extra = {}
+    vae_name = config.resolved_vae()
+    if vae_name is not None:
+        try:
+            extra["vae"] = AutoencoderKL.from_pretrained(vae_name, torch_dtype=config.torch_dtype)
+        except (OSError, ValueError) as err:
+            raise _load_error("VAE", vae_name, err) from err
+    try:
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            model_path,
+            revision=config.revision,
+            torch_dtype=config.torch_dtype,
+            # Watermarking would put the same invisible pattern into every training image.
+            add_watermarker=False,
+            **extra,
+        )
+    except (OSError, ValueError) as err:
+        raise _load_error("model", config.model, err) from err
+    if config.scheduler is not None:
+        class_name, overrides = SCHEDULERS[config.scheduler]
+        scheduler_cls = getattr(diffusers_schedulers, class_name)
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **overrides)
+    pipe.to(device or config.device or default_device())
+    pipe.set_progress_bar_config(disable=True)
+    if config.compile:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
+    return pipe
+
+
+def native_size(pipe: StableDiffusionXLPipeline) -> tuple[int, int]:
+    """(height, width) the model was trained at: the UNet's sample size times the VAE factor."""
+    side = pipe.default_sample_size * pipe.vae_scale_factor
+    return side, side
+
+
+def render_images(
+    pipe: StableDiffusionXLPipeline,
+    prompts: list[str],
+    seeds: list[int],
+    config: RenderConfig,
+) -> list[Image.Image]:
+    """One image per prompt in a single pipeline call; each starts from its own seeded noise.
+
+    The generators live on the CPU so a seed gives the same initial noise on any device.
+    """
+    import torch
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    height, width = config.height, config.width
+    if height is None or width is None:
+        native_h, native_w = native_size(pipe)
+        height, width = height or native_h, width or native_w
+    negative = [config.negative_prompt] * len(prompts) if config.negative_prompt else None
+    with torch.inference_mode():
+        out = pipe(
+            prompt=prompts,
+            negative_prompt=negative,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            height=height,
+            width=width,
+            generator=generators,
+            output_type="pil",
+        )
+    return list(out.images)
+
+
+def model_fingerprint(pipe: StableDiffusionXLPipeline, config: RenderConfig) -> dict:
+    """Identify the weights used: the Hub commit when loaded from the Hub cache, else a content hash."""
+    root = Path(pipe.config._name_or_path)
+    info: dict = {"id": config.model, "revision": config.revision, "vae": config.resolved_vae()}
+    if "snapshots" in root.parts:
+        info["revision"] = root.name  # the Hub cache keeps each commit under snapshots/<sha>
+    if root.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            rel = path.relative_to(root).as_posix()
+            digest.update(rel.encode())
+            # Configs are hashed by content; weights by size (hashing GBs of weights would take minutes).
+            if path.suffix == ".json":
+                digest.update(json.dumps(json.loads(path.read_text()), sort_keys=True).encode())
+            else:
+                digest.update(str(path.stat().st_size).encode())
+        info["hash"] = digest.hexdigest()[:16]
+    return info
