@@ -96,10 +96,15 @@ def default_device() -> str:
 
 
 def _load_error(what: str, name: str, err: Exception) -> MapoError:
-    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = str(err)
+    offline_markers = ("offline", "not fully cached", "Cannot reach", "local_files_only", "outgoing traffic")
+    if any(marker in text for marker in offline_markers):
+        detail = "not in the local cache and the Hub is unreachable"
+    else:
+        lines = text.strip().splitlines()
+        detail = lines[0][:200] if lines else type(err).__name__
     return MapoError(
-        f"cannot load {what} {name!r} ({detail}); offline or not found? "
-        "Use a local diffusers folder, or --model tiny for the built-in tiny model"
+        f"cannot load {what} {name!r}: {detail}. Use a local diffusers folder, or --model tiny for the built-in tiny model"
     )
 
 
@@ -108,6 +113,7 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
     import torch
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from diffusers import schedulers as diffusers_schedulers
+    from diffusers.utils import logging as diffusers_logging
 
     model_path = resolve_model_id(config.model)
     if Path(config.model).exists() and not Path(config.model, "model_index.json").is_file():
@@ -116,14 +122,16 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
     vae_name = config.resolved_vae()
     if vae_name is not None:
         try:
-            extra["vae"] = AutoencoderKL.from_pretrained(vae_name, torch_dtype=config.torch_dtype)
+            extra["vae"] = AutoencoderKL.from_pretrained(vae_name, dtype=config.torch_dtype)
         except (OSError, ValueError) as err:
             raise _load_error("VAE", vae_name, err) from err
     try:
+        # diffusers logs its own Hub-connection warnings; the one-line error below says it better.
+        diffusers_logging.set_verbosity_error()
         pipe = StableDiffusionXLPipeline.from_pretrained(
             model_path,
             revision=config.revision,
-            torch_dtype=config.torch_dtype,
+            dtype=config.torch_dtype,
             # Watermarking would put the same invisible pattern into every training image.
             add_watermarker=False,
             **extra,
