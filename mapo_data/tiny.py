@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
 # Bump when the architecture or the vocabulary changes: the cache folder name includes it, so an
 # old cache is never mistaken for the new model.
-TINY_MODEL_VERSION = 1
+TINY_MODEL_VERSION = 2
 TINY_SEED = 0
 TINY_RESOLUTION = 64
 
@@ -65,23 +66,41 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes), strict=True))
 
 
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Standard BPE: repeatedly merge the adjacent pair with the lowest rank."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks) + 1), i) for i, pair in enumerate(pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank > len(ranks):
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
 def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A CLIP-format BPE vocabulary: all bytes (plain and word-final), whole-word merges, specials."""
-    byte_chars = list(_bytes_to_unicode().values())
+    """A CLIP-format BPE vocabulary: all bytes (plain and word-final), whole-word merges, specials.
+
+    Each word is first split with the merges learned so far, then its pieces are joined left to
+    right with new (lowest-priority) merges, so every listed word ends up as a single token.
+    """
+    byte_to_char = _bytes_to_unicode()
+    byte_chars = list(byte_to_char.values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars]
     merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
     seen_tokens = set(tokens)
     for word in _TINY_WORDS:
-        symbols = [_bytes_to_unicode()[b] for b in word.encode("utf-8")]
+        symbols = [byte_to_char[b] for b in word.encode("utf-8")]
         symbols[-1] += "</w>"
-        current = symbols[0]
-        for symbol in symbols[1:]:
-            merged = current + symbol
-            if merged not in seen_tokens:
-                merges.append((current, symbol))
-                tokens.append(merged)
-                seen_tokens.add(merged)
-            current = merged
+        pieces = _apply_merges(symbols, ranks)
+        current = pieces[0]
+        for piece in pieces[1:]:
+            ranks[(current, piece)] = len(merges)
+            merges.append((current, piece))
+            current += piece
+            if current not in seen_tokens:
+                tokens.append(current)
+                seen_tokens.add(current)
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
