@@ -1,0 +1,389 @@
+"""`mapo-data build`: render preference pairs into sharded parquet.
+
+Prompts map to shards deterministically (pair i lives in shard i // shard_size), so shards are the
+unit of resume and of scale-out: under `accelerate launch`, process r renders shards r, r+n, ...;
+each shard is written under a temporary name, renamed when complete and recorded by a completion
+marker; the main process writes the manifest once every shard is complete. Image encoding and
+parquet writing run on a background thread so they hide behind rendering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from mapo_data import __version__
+from mapo_data.errors import MapoError
+from mapo_data.presets import Preset, get_preset
+from mapo_data.render import RenderConfig
+from mapo_data.schema import BUILD_SCHEMA, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from mapo_data.shards import STATE_DIR, DatasetWriter, ShardInfo, atomic_write_json, read_json, shard_entries
+
+IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+# Settings that change how the work is done but not what is written; a rerun may change them.
+NON_IDENTITY_KEYS = {"render.device", "render.compile", "batch_size", "overwrite", "out"}
+
+
+@dataclass
+class BuildConfig:
+    """Everything `mapo-data build` needs; the CLI maps its options one to one onto these fields."""
+
+    preset: str
+    """pick-style, pick-safety or custom."""
+    out: str
+    """Output folder (created; refused if it is a file or another run's folder)."""
+    split: str | None = None
+    """Preset split: cartoon or pixel for pick-style."""
+    chosen_prefix: str | None = None
+    """custom only: prefix of the chosen prompt."""
+    rejected_prefix: str | None = None
+    """custom only: prefix of the rejected prompt."""
+    prompts: str | None = None
+    """Prompt source: text/jsonl/csv/parquet file or Hub dataset id; None = the shipped default set."""
+    prompt_column: str | None = None
+    """Column holding the prompts (jsonl/csv/parquet/Hub)."""
+    prompt_split: str | None = None
+    """Split of a Hub prompt dataset (default train)."""
+    num_pairs: int | None = None
+    """How many pairs (prompts sampled with the seed); None = every curated prompt."""
+    style_words: str | None = None
+    """drop | strip | off: prompts that already carry style words; default drop for pick-style/custom, off for pick-safety."""
+    require_words: tuple[str, ...] = ()
+    """Keep only prompts mentioning one of these words."""
+    max_tokens: int = 77
+    """CLIP token budget of the full prompt (longest prefix included)."""
+    seed: int = 0
+    """Global seed: prompt sampling and every pair's noise seed derive from it."""
+    independent_noise: bool = False
+    """Give chosen and rejected different initial noise (default: the same, so only the prefix differs)."""
+    shard_size: int = 500
+    """Pairs per parquet shard."""
+    batch_size: int = 4
+    """Pairs per pipeline call (each call renders 2 x batch_size images)."""
+    image_format: str = "jpeg"
+    """jpeg, png or webp."""
+    quality: int = 95
+    """JPEG/WebP quality."""
+    overwrite: bool = False
+    """Delete a previous run's output in `out` and start over."""
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_format not in IMAGE_FORMATS:
+            raise MapoError(f"unknown --image-format {self.image_format!r}; choose jpeg, png or webp")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise MapoError("--shard-size and --batch-size must be at least 1")
+        if self.num_pairs is not None and self.num_pairs < 1:
+            raise MapoError(f"--num-pairs must be at least 1, got {self.num_pairs}")
+        if not 1 <= self.quality <= 100:
+            raise MapoError(f"--quality must be in 1..100, got {self.quality}")
+
+    def resolved_preset(self) -> Preset:
+        return get_preset(self.preset, self.split, self.chosen_prefix, self.rejected_prefix)
+
+    def resolved_style_words(self) -> str:
+        if self.style_words is not None:
+            return self.style_words
+        return "off" if self.preset == "pick-safety" else "drop"
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    pair_id: int
+    caption: str
+    prompt_chosen: str
+    prompt_rejected: str
+    seed_chosen: int
+    seed_rejected: int
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    num_pairs: int
+    num_shards: int
+    bytes: int
+    seconds: float
+    rendered_pairs: int
+    skipped_shards: int
+    manifest: Path | None
+
+
+def pair_seed(global_seed: int, pair_id: int, side: str = "pair") -> int:
+    """A 63-bit seed from (global seed, pair id[, side]): any pair can be re-rendered on its own."""
+    digest = hashlib.sha256(f"mapo:{global_seed}:{pair_id}:{side}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def plan_pairs(captions: list[str], preset: Preset, seed: int, independent_noise: bool) -> list[PairSpec]:
+    pairs = []
+    for pair_id, caption in enumerate(captions):
+        if independent_noise:
+            seeds = pair_seed(seed, pair_id, "chosen"), pair_seed(seed, pair_id, "rejected")
+        else:
+            seeds = (pair_seed(seed, pair_id),) * 2
+        pairs.append(
+            PairSpec(pair_id, caption, preset.chosen_prompt(caption), preset.rejected_prompt(caption), *seeds)
+        )
+    return pairs
+
+
+def flat_config(config: BuildConfig) -> dict[str, Any]:
+    """The config as a flat dict with dotted keys for the render part, JSON-friendly."""
+    data = asdict(config)
+    render = data.pop("render")
+    data["require_words"] = list(config.require_words)
+    data["style_words"] = config.resolved_style_words()
+    data.update({f"render.{k}": v for k, v in render.items()})
+    return data
+
+
+def identity(config: BuildConfig) -> dict[str, Any]:
+    return {k: v for k, v in flat_config(config).items() if k not in NON_IDENTITY_KEYS}
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]]:
+    """Load and curate prompts and plan the pairs (no model weights are loaded)."""
+    from mapo_data.prompts import PromptCurationConfig, curate_prompts, load_prompts, load_tokenizers
+
+    preset = config.resolved_preset()
+    raw = load_prompts(config.prompts, column=config.prompt_column, split=config.prompt_split)
+    curation = PromptCurationConfig(
+        max_tokens=config.max_tokens,
+        style_words=config.resolved_style_words(),
+        require_words=tuple(config.require_words),
+        num_prompts=config.num_pairs,
+        seed=config.seed,
+    )
+    curated = curate_prompts(
+        raw,
+        curation,
+        tokenizers=load_tokenizers(config.render.model),
+        prefixes=(preset.chosen_prefix, preset.rejected_prefix),
+    )
+    if config.num_pairs is not None and len(curated.prompts) < config.num_pairs:
+        raise MapoError(
+            f"--num-pairs {config.num_pairs} asks for more pairs than the {len(curated.prompts)} prompts "
+            "left after curation; give more prompts or a smaller --num-pairs"
+        )
+    pairs = plan_pairs(curated.prompts, preset, config.seed, config.independent_noise)
+    info = {"source": config.prompts or "mapo default prompts", "curation": curated.steps}
+    return pairs, info
+
+
+def encode_image(image, image_format: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    pil_format = IMAGE_FORMATS[image_format]
+    if pil_format == "PNG":
+        image.save(buffer, format="PNG")
+    else:
+        image.save(buffer, format=pil_format, quality=quality)
+    return buffer.getvalue()
+
+
+def _pair_rows(pairs: list[PairSpec], images: list, config: BuildConfig) -> list[dict[str, Any]]:
+    rows = []
+    for pair, chosen, rejected in zip(pairs, images[0::2], images[1::2], strict=True):
+        rows.append(
+            {
+                "caption": pair.caption,
+                # Our builds keep the chosen image in position 0; readers still go by the labels.
+                "jpg_0": encode_image(chosen, config.image_format, config.quality),
+                "jpg_1": encode_image(rejected, config.image_format, config.quality),
+                "label_0": 1,
+                "label_1": 0,
+                "pair_id": pair.pair_id,
+                "prompt_0": pair.prompt_chosen,
+                "prompt_1": pair.prompt_rejected,
+                "seed_0": pair.seed_chosen,
+                "seed_1": pair.seed_rejected,
+            }
+        )
+    return rows
+
+
+def _write_shard(writer: DatasetWriter, index: int, batches: list[Future]) -> ShardInfo:
+    import pyarrow as pa
+
+    from mapo_data.shards import row_group_rows
+
+    rows = [row for batch in batches for row in batch.result()]
+    table = pa.Table.from_pylist(rows, schema=BUILD_SCHEMA)
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    return writer.write_shard(index, table, row_group_size=row_group_rows(per_row))
+
+
+def _check_out_folder(out: Path, config: BuildConfig, is_main: bool) -> None:
+    """Refuse an output that is a file or belongs to a different run; clear it with --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise MapoError(f"--out {out} exists and is not a folder")
+    config_path = out / STATE_DIR / "config.json"
+    if config.overwrite:
+        if is_main and out.exists():
+            for child in ("data", STATE_DIR, MANIFEST_NAME):
+                target = out / child
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+        return
+    if config_path.is_file():
+        changed = _changed_keys(read_json(config_path), identity(config))
+        if changed:
+            raise MapoError(
+                f"{out} was built with a different config (differs in: {', '.join(changed)}); "
+                "use --overwrite to start over or choose another --out"
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        raise MapoError(
+            f"--out {out} is not empty and was not made by mapo-data build; use another --out or --overwrite"
+        )
+
+
+def run_build(
+    config: BuildConfig,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> BuildResult:
+    """Render every missing shard assigned to this process; the main process writes the manifest."""
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from mapo_data.render import load_pipeline, model_fingerprint, render_images
+
+    started = time.perf_counter()
+    state = PartialState()
+    out = Path(config.out)
+    _check_out_folder(out, config, state.is_main_process)
+    pairs, prompt_info = prepare_prompts(config)
+    writer = DatasetWriter(out)
+    num_shards = -(-len(pairs) // config.shard_size)
+    state.wait_for_everyone()  # --overwrite's cleanup must finish before anyone writes
+    if state.is_main_process:
+        atomic_write_json(out / STATE_DIR / "config.json", identity(config))
+    if (out / MANIFEST_NAME).is_file():
+        if state.is_main_process:
+            log(f"{out} is already complete ({len(pairs)} pairs); nothing to do")
+        return _result(out, writer, num_shards, started, 0, num_shards)
+
+    mine = [i for i in range(num_shards) if i % state.num_processes == state.process_index]
+    todo = [i for i in mine if writer.completed(i) is None]
+    skipped = len(mine) - len(todo)
+    if skipped and state.is_main_process:
+        log(f"resuming: {skipped} of {len(mine)} shards already complete")
+    rendered = 0
+    model_info: dict[str, Any] = {"id": config.render.model, "revision": config.render.revision}
+    if todo:
+        pipe = load_pipeline(config.render, device=config.render.device or str(state.device))
+        model_info = model_fingerprint(pipe, config.render)
+        total = sum(len(_shard_pairs(pairs, i, config.shard_size)) for i in todo)
+        bar = tqdm(
+            total=total,
+            unit="pair",
+            desc=f"rendering [{state.process_index}]" if state.num_processes > 1 else "rendering",
+            disable=not progress,
+            position=state.process_index,
+        )
+        # One background worker keeps jobs in submission order: a shard's encode jobs finish
+        # before its write job runs, and at most a shard or two of images is held in memory.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mapo-encode") as pool:
+            pending: list[Future] = []
+            for index in todo:
+                shard_pairs = _shard_pairs(pairs, index, config.shard_size)
+                batches = []
+                for start in range(0, len(shard_pairs), config.batch_size):
+                    batch = shard_pairs[start : start + config.batch_size]
+                    prompts = [p for pair in batch for p in (pair.prompt_chosen, pair.prompt_rejected)]
+                    seeds = [s for pair in batch for s in (pair.seed_chosen, pair.seed_rejected)]
+                    images = render_images(pipe, prompts, seeds, config.render)
+                    batches.append(pool.submit(_pair_rows, batch, images, config))
+                    rendered += len(batch)
+                    bar.update(len(batch))
+                pending.append(pool.submit(_write_shard, writer, index, batches))
+                # Surface a failed write early and bound how much is queued.
+                while len(pending) > 2:
+                    pending.pop(0).result()
+            for job in pending:
+                job.result()
+        bar.close()
+    if state.is_main_process:
+        infos = _wait_for_shards(writer, num_shards)
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_pairs": sum(i.rows for i in infos),
+            "shards": shard_entries(infos),
+            "preset": dataclasses.asdict(config.resolved_preset()),
+            "config": flat_config(config),
+            "model": model_info,
+            "prompts": prompt_info,
+            "versions": library_versions(),
+            "provenance": [
+                {
+                    "step": "build",
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(["mapo-data", *sys.argv[1:]]),
+                    "processes": state.num_processes,
+                }
+            ],
+        }
+        writer.write_manifest(manifest)
+    return _result(out, writer, num_shards, started, rendered, skipped)
+
+
+def _shard_pairs(pairs: list[PairSpec], index: int, shard_size: int) -> list[PairSpec]:
+    return pairs[index * shard_size : (index + 1) * shard_size]
+
+
+def _wait_for_shards(writer: DatasetWriter, num_shards: int, poll_seconds: float = 2.0) -> list[ShardInfo]:
+    """Wait (main process) until every shard, including other processes', is complete.
+
+    Polling the completion markers instead of a collective barrier means a long render on another
+    GPU cannot trip a communication timeout; if a process dies, accelerate stops the job.
+    """
+    while True:
+        infos = [writer.completed(i) for i in range(num_shards)]
+        if all(infos):
+            return infos  # type: ignore[return-value]
+        time.sleep(poll_seconds)
+
+
+def _result(out: Path, writer: DatasetWriter, num_shards: int, started: float, rendered: int, skipped: int):
+    infos = [info for i in range(num_shards) if (info := writer.completed(i)) is not None]
+    manifest = out / MANIFEST_NAME
+    return BuildResult(
+        out=out,
+        num_pairs=sum(i.rows for i in infos),
+        num_shards=len(infos),
+        bytes=sum(i.bytes for i in infos),
+        seconds=time.perf_counter() - started,
+        rendered_pairs=rendered,
+        skipped_shards=skipped,
+        manifest=manifest if manifest.is_file() else None,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"mapo": __version__, "python": sys.version.split()[0]}
+    for package in ("torch", "diffusers", "transformers", "accelerate", "datasets", "pyarrow", "pillow"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    return versions

@@ -1,0 +1,286 @@
+"""End-to-end `mapo-data build` on the tiny model: format, determinism, resume, scale-out, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mapo_data.build import BuildConfig, pair_seed, run_build
+from mapo_data.cli import main
+from mapo_data.render import RenderConfig, load_pipeline, render_images
+
+FAST = ["--model", "tiny", "--dtype", "fp32", "--steps", "3", "--no-progress"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run `mapo-data` in-process through its real entry point; return (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def shard_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "data").glob("*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("build") / "pixel"
+    config = BuildConfig(
+        preset="pick-style",
+        split="pixel",
+        out=str(out),
+        num_pairs=6,
+        shard_size=4,
+        batch_size=2,
+        render=RenderConfig(model="tiny", dtype="fp32", steps=3),
+    )
+    result = run_build(config, progress=False)
+    assert result.num_pairs == 6 and result.num_shards == 2 and result.manifest is not None
+    return out
+
+
+def test_build_writes_pick_a_pic_shards_and_manifest(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["num_pairs"] == 6
+    assert [s["path"] for s in manifest["shards"]] == ["data/train-00000.parquet", "data/train-00001.parquet"]
+    assert [s["rows"] for s in manifest["shards"]] == [4, 2]
+    assert manifest["preset"]["chosen_prefix"] == "Pixel art style image."
+    assert manifest["config"]["render.steps"] == 3 and manifest["model"]["hash"]
+    assert {"torch", "diffusers", "mapo"} <= set(manifest["versions"])
+    from mapo_data.shards import sha256_file
+
+    for shard in manifest["shards"]:
+        assert sha256_file(built / shard["path"]) == shard["sha256"]
+
+    table = pq.read_table(built / "data" / "train-00000.parquet")
+    assert table.schema.field("jpg_0").type == "binary"
+    assert table.schema.field("label_0").type == "int64"
+    rows = table.to_pylist()
+    for row in rows:
+        assert (row["label_0"], row["label_1"]) == (1, 0)
+        assert row["prompt_0"] == f"Pixel art style image. {row['caption']}"
+        assert row["prompt_1"] == f"Realistic 8k image. {row['caption']}"
+        assert row["seed_0"] == row["seed_1"] == pair_seed(0, row["pair_id"])
+    assert [r["pair_id"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_build_output_loads_with_datasets_pandas_and_pil(built):
+    from datasets import load_dataset
+
+    ds = load_dataset(str(built), split="train")
+    assert ds.num_rows == 6
+    assert {"caption", "jpg_0", "jpg_1", "label_0", "label_1"} <= set(ds.column_names)
+    ds2 = load_dataset("parquet", data_files=str(built / "data" / "*.parquet"), split="train")
+    assert ds2["caption"] == ds["caption"]
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((built / "data").glob("*.parquet")))
+    assert list(frame["caption"]) == ds["caption"]
+    image = Image.open(io.BytesIO(ds[0]["jpg_1"]))
+    assert image.format == "JPEG" and image.size == (64, 64)
+
+
+def test_build_is_deterministic_and_any_pair_rerenders_alone(built, tmp_path):
+    again = tmp_path / "again"
+    config = BuildConfig(
+        preset="pick-style",
+        split="pixel",
+        out=str(again),
+        num_pairs=6,
+        shard_size=4,
+        batch_size=3,  # a different batch split must not change what is written
+        render=RenderConfig(model="tiny", dtype="fp32", steps=3),
+    )
+    run_build(config, progress=False)
+    assert shard_bytes(again) == shard_bytes(built)
+
+    row = pq.read_table(built / "data" / "train-00001.parquet").to_pylist()[1]
+    render = RenderConfig(model="tiny", dtype="fp32", steps=3)
+    alone = render_images(load_pipeline(render), [row["prompt_0"]], [row["seed_0"]], render)[0]
+    stored = Image.open(io.BytesIO(row["jpg_0"])).convert("RGB")
+    # Same noise and prompt give the same picture (up to JPEG re-encoding of identical pixels).
+    buffer = io.BytesIO()
+    alone.save(buffer, format="JPEG", quality=95)
+    assert buffer.getvalue() == row["jpg_0"] or list(alone.getdata()) == list(stored.getdata())
+
+
+def test_independent_noise_gives_each_side_its_own_seed(tmp_path):
+    config = BuildConfig(
+        preset="pick-safety",
+        out=str(tmp_path / "safety"),
+        num_pairs=2,
+        independent_noise=True,
+        image_format="png",
+        render=RenderConfig(model="tiny", dtype="fp32", steps=2),
+    )
+    run_build(config, progress=False)
+    rows = pq.read_table(tmp_path / "safety" / "data" / "train-00000.parquet").to_pylist()
+    assert all(r["seed_0"] != r["seed_1"] for r in rows)
+    assert rows[0]["prompt_0"] == rows[0]["caption"]  # pick-safety: chosen has no prefix
+    assert Image.open(io.BytesIO(rows[0]["jpg_0"])).format == "PNG"
+
+
+def test_rerun_is_a_no_op_and_a_changed_config_is_refused(built, capsys):
+    code, _, err = run_cli(
+        [
+            "build",
+            "pick-style",
+            "--split",
+            "pixel",
+            "--num-pairs",
+            "6",
+            "--shard-size",
+            "4",
+            "--out",
+            str(built),
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0 and "already complete" in err
+    code, _, err = run_cli(
+        ["build", "pick-style", "--split", "pixel", "--num-pairs", "6", "--shard-size", "4", "--out", str(built),
+         *FAST[:-3], "--steps", "5", "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2
+    assert "different config" in err and "render.steps" in err and "--overwrite" in err
+    assert "Traceback" not in err
+
+
+def _build_cmd(out: Path, steps: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mapo_data", "build", "pick-style", "--split", "cartoon", "--num-pairs", "10",
+        "--shard-size", "2", "--batch-size", "1", "--model", "tiny", "--dtype", "fp32", "--steps", str(steps),
+        "--no-progress", "--out", str(out),
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    reference = tmp_path / "reference"
+    subprocess.run(_build_cmd(reference, 8), check=True, env=env, capture_output=True)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_build_cmd(out, 8), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    markers = out / ".mapo" / "completions"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (markers.is_dir() and any(markers.iterdir())):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the killed run must not look complete"
+    done_before = len(list(markers.iterdir()))
+    assert 1 <= done_before < 5
+
+    rerun = subprocess.run(_build_cmd(out, 8), env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done_before} of 5 shards already complete" in rerun.stderr
+    assert shard_bytes(out) == shard_bytes(reference)
+    assert not list((out / "data").glob(".*")), "no temporary files left behind"
+    manifest = json.loads((out / "manifest.json").read_text())
+    pair_ids = [
+        r for p in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(p)["pair_id"].to_pylist()
+    ]
+    assert pair_ids == list(range(10)) and manifest["num_pairs"] == 10
+
+
+@pytest.mark.slow
+def test_two_process_build_under_accelerate_matches_one_process(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    single = tmp_path / "single"
+    subprocess.run(_build_cmd(single, 2), check=True, env=env, capture_output=True)
+    out = tmp_path / "two"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *_build_cmd(out, 2)[2:],
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"][0]["processes"] == 2
+    assert manifest["num_pairs"] == 10 and len(manifest["shards"]) == 5
+    assert shard_bytes(out) == shard_bytes(single)
+
+
+def test_dry_run_shows_prompts_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "dry"
+    code, stdout, _ = run_cli(
+        [
+            "build",
+            "pick-style",
+            "--split",
+            "pixel",
+            "--num-pairs",
+            "3",
+            "--out",
+            str(out),
+            "--dry-run",
+            *FAST,
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert stdout.count("chosen:   Pixel art style image. ") == 3
+    assert stdout.count("rejected: Realistic 8k image. ") == 3
+    assert "3 pairs" in stdout and "steps" in stdout
+    assert not out.exists()
+
+
+def test_help_has_an_example(capsys):
+    code, stdout, _ = run_cli(["build", "--help"], capsys)
+    assert code == 0 and "mapo-data build pick-style --split pixel" in stdout
+
+
+def _bad_input_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    table = tmp_path / "prompts.csv"
+    table.write_text("text\na cat\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    base = ["build", "pick-style", "--split", "pixel", "--num-pairs", "2"]
+    return [
+        ([*base, "--prompts", str(tmp_path / "missing.txt")], "missing.txt"),
+        ([*base, "--prompts", str(empty)], "prompt"),
+        ([*base, "--prompts", str(binary)], "UTF-8"),
+        ([*base, "--prompts", str(table), "--prompt-column", "caption"], "caption"),
+        (["build", "pick-colour"], "unknown preset"),
+        (["build", "pick-style", "--split", "watercolor"], "unknown split"),
+        ([*base, "--height", "100"], "multiple of 8"),
+        ([*base, "--model", "no-such-org/no-such-model", "--dtype", "fp32", "--steps", "1"], "--model tiny"),
+        ([*base, "--out", str(a_file)], "not a folder"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
+    args, expected = _bad_input_cases(tmp_path)[case]
+    out = tmp_path / "out"
+    if "--out" not in args:
+        args = [*args, "--out", str(out)]
+    if "--model" not in args:
+        args = [*args, *FAST]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 2, (stdout, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and expected in lines[-1]
+    assert "Traceback" not in err + stdout
+    assert not (out / "manifest.json").exists() and not (out / "data").exists()
