@@ -114,6 +114,7 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline
     from diffusers import schedulers as diffusers_schedulers
     from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     model_path = resolve_model_id(config.model)
     if Path(config.model).exists() and not Path(config.model, "model_index.json").is_file():
@@ -128,6 +129,9 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
     try:
         # diffusers logs its own Hub-connection warnings; the one-line error below says it better.
         diffusers_logging.set_verbosity_error()
+        # Per-component loading bars are noise next to the run's own progress bar.
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         pipe = StableDiffusionXLPipeline.from_pretrained(
             model_path,
             revision=config.revision,

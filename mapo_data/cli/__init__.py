@@ -4,9 +4,14 @@ one-line message with a non-zero exit."""
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+# Library chatter (torchvision fallbacks, Hub-connection retries) would bury our one-line
+# messages; users can still raise it with TRANSFORMERS_VERBOSITY=warning.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import typer  # noqa: E402
 
 from mapo_data.cli.app import app
 
