@@ -32,8 +32,9 @@ def smooth(rng: np.random.Generator, size: int = 64) -> Image.Image:
     y, x = np.mgrid[0:size, 0:size] / (size - 1)
     channels = []
     for _ in range(3):
-        a, b, c = rng.uniform(-1, 1, 3)
-        channels.append(0.5 + 0.35 * np.sin(3 * (a * x + b * y) + c * np.pi))
+        # Frequencies kept away from zero: a nearly flat image would look like one big block.
+        a, b = rng.uniform(0.5, 1.5, 2) * rng.choice([-1, 1], 2)
+        channels.append(0.5 + 0.35 * np.sin(3 * (a * x + b * y) + rng.uniform(-1, 1) * np.pi))
     array = np.stack(channels, -1) + rng.normal(0, 0.01, (size, size, 3))
     return Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8))
 
@@ -55,7 +56,7 @@ def trained_clip(tmp_path_factory):
     texts = processor.tokenizer([PIXEL, PHOTO], padding=True, return_tensors="pt")
     torch.manual_seed(0)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(60):
+    for _ in range(200):
         images = [blocky(rng) for _ in range(8)] + [smooth(rng) for _ in range(8)]
         labels = torch.tensor([0] * 8 + [1] * 8)
         pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
