@@ -56,11 +56,15 @@ class PromptCurationConfig:
 
     def __post_init__(self) -> None:
         if self.style_words not in STYLE_WORD_MODES:
-            raise MapoError(f"style_words must be one of {', '.join(STYLE_WORD_MODES)}, not {self.style_words!r}")
+            raise MapoError(
+                f"style_words must be one of {', '.join(STYLE_WORD_MODES)}, not {self.style_words!r}"
+            )
         if self.style_words == "off" and self.style_words_file is not None:
             raise MapoError("a style-word file was given but style words are off; use drop or strip")
         if self.max_tokens < MIN_MAX_TOKENS:
-            raise MapoError(f"max_tokens must be at least {MIN_MAX_TOKENS} (BOS, EOS and a token), not {self.max_tokens}")
+            raise MapoError(
+                f"max_tokens must be at least {MIN_MAX_TOKENS} (BOS, EOS and a token), not {self.max_tokens}"
+            )
         if self.num_prompts is not None and self.num_prompts < 1:
             raise MapoError(f"the number of prompts must be at least 1, not {self.num_prompts}")
         if self.max_chars is not None and self.max_chars < 1:
@@ -106,7 +110,9 @@ class _StepRecorder:
     def __init__(self) -> None:
         self.steps: list[dict] = []
 
-    def record(self, name: str, before: Sequence[str], after: list[str], dropped: Sequence[str] = (), **details):
+    def record(
+        self, name: str, before: Sequence[str], after: list[str], dropped: Sequence[str] = (), **details
+    ):
         step = {"step": name, "before": len(before), "after": len(after), "dropped": len(before) - len(after)}
         if dropped:
             step["examples"] = list(dropped[:EXAMPLES_PER_STEP])
@@ -191,7 +197,9 @@ def _drop_duplicates(prompts: list[str], recorder: _StepRecorder) -> list[str]:
 
 def _style_words(prompts: list[str], config: PromptCurationConfig, recorder: _StepRecorder) -> list[str]:
     if config.style_words == "off":
-        return recorder.record("style_words", prompts, prompts, mode="off", note="off: prompts kept as they are")
+        return recorder.record(
+            "style_words", prompts, prompts, mode="off", note="off: prompts kept as they are"
+        )
     matcher = StyleWordMatcher(read_style_words(config.style_words_file))
     source = config.style_words_file or "default list"
     found: dict[str, int] = {}
@@ -244,7 +252,12 @@ def _require_words(prompts: list[str], config: PromptCurationConfig, recorder: _
     dropped = [p for p in prompts if not pattern.search(p)]
     words = ", ".join(config.require_words)
     return recorder.record(
-        "require_words", prompts, kept, dropped, words=list(config.require_words), note=f"at least one of: {words}"
+        "require_words",
+        prompts,
+        kept,
+        dropped,
+        words=list(config.require_words),
+        note=f"at least one of: {words}",
     )
 
 
@@ -254,7 +267,12 @@ def _max_chars(prompts: list[str], config: PromptCurationConfig, recorder: _Step
     kept = [p for p in prompts if len(p) <= config.max_chars]
     too_long = [p for p in prompts if len(p) > config.max_chars]
     return recorder.record(
-        "max_chars", prompts, kept, too_long, max_chars=config.max_chars, note=f"at most {config.max_chars} characters"
+        "max_chars",
+        prompts,
+        kept,
+        too_long,
+        max_chars=config.max_chars,
+        note=f"at most {config.max_chars} characters",
     )
 
 

@@ -32,7 +32,9 @@ def write_prompts(prompts: list[str], out: str | Path) -> Path:
     if suffix == ".txt":
         multiline = [i for i, p in enumerate(prompts) if "\n" in p or "\r" in p]
         if multiline:
-            raise MapoError(f"prompt {multiline[0]} spans several lines and cannot go in a .txt file; use .jsonl")
+            raise MapoError(
+                f"prompt {multiline[0]} spans several lines and cannot go in a .txt file; use .jsonl"
+            )
         _atomic_write(out, lambda f: f.write("".join(p + "\n" for p in prompts).encode("utf-8")))
     elif suffix == ".jsonl":
         lines = "".join(json.dumps({PROMPT_COLUMN: p}, ensure_ascii=False) + "\n" for p in prompts)

@@ -216,7 +216,9 @@ def _load_dataset_column(source: str, column: str | None, split: str | None, *, 
         raise MapoError(f"cannot load the {what} {source!r} (split {split}): {_first_line(err)}") from None
 
 
-def _load_cached_hub_column(source: str, column: str | None, split: str, stream_error: Exception) -> list[str]:
+def _load_cached_hub_column(
+    source: str, column: str | None, split: str, stream_error: Exception
+) -> list[str]:
     """Offline, streaming cannot work; a copy in the local datasets cache still can."""
     import datasets
 
@@ -276,7 +278,9 @@ def _first_line(err: BaseException) -> str:
 # --- shared helpers ------------------------------------------------------------------------------
 
 
-def _choose_column(names: Sequence[str], column: str | None, where: str, *, text_columns: Sequence[str]) -> str:
+def _choose_column(
+    names: Sequence[str], column: str | None, where: str, *, text_columns: Sequence[str]
+) -> str:
     """The named column, else a preferred name, else the only text column; otherwise a clear error."""
     available = ", ".join(names) if names else "(none)"
     if column is not None:
@@ -288,7 +292,9 @@ def _choose_column(names: Sequence[str], column: str | None, where: str, *, text
             return preferred
     if len(text_columns) == 1:
         return text_columns[0]
-    raise MapoError(f"cannot tell which column of {where} holds the prompts; choose one of {available} with --column")
+    raise MapoError(
+        f"cannot tell which column of {where} holds the prompts; choose one of {available} with --column"
+    )
 
 
 def _all_text(values: Iterable) -> bool:

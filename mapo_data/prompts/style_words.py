@@ -20,7 +20,9 @@ DEFAULT_STYLE_WORDS_RESOURCE = "style_words.txt"
 def read_style_words(path: str | None = None) -> tuple[str, ...]:
     """Entries of a style-word file (default: the shipped list), lowercased, comments removed."""
     if path is None:
-        text = resources.files("mapo_data.resources").joinpath(DEFAULT_STYLE_WORDS_RESOURCE).read_text("utf-8")
+        text = (
+            resources.files("mapo_data.resources").joinpath(DEFAULT_STYLE_WORDS_RESOURCE).read_text("utf-8")
+        )
         where = "the default style-word list"
     else:
         file = Path(path).expanduser()

@@ -34,7 +34,9 @@ def load_tokenizers(model: str, *, option: str = "--model") -> list:
             )
         return [_load_one(str(folder), name, model, option) for name in subfolders]
     if folder.exists() or location.startswith((".", "/", "~")):
-        raise MapoError(f"{model} is not a diffusers model folder ({option} tiny uses the built-in tiny model)")
+        raise MapoError(
+            f"{model} is not a diffusers model folder ({option} tiny uses the built-in tiny model)"
+        )
     # A Hub id: the first failure is enough to give up (each try retries the network for a while).
     return [_load_one(location, name, model, option) for name in TOKENIZER_SUBFOLDERS]
 
@@ -47,8 +49,8 @@ def _load_one(location: str, subfolder: str, model: str, option: str):
     except Exception as err:  # transformers raises OSError, ValueError, HTTP errors, ...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MapoError(
-            f"cannot load the {subfolder} of {model!r} (offline, or not a diffusers model?): {detail}; "
-            f"{option} tiny uses the built-in tiny model"
+            f"cannot load the {subfolder} of {model!r} (offline, or not a diffusers model?): "
+            f"{detail.rstrip('.')}; {option} tiny uses the built-in tiny model"
         ) from None
 
 
