@@ -1,0 +1,176 @@
+"""The model card (README.md) written beside the trained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from mapo_train.config import RunConfig
+
+# Where `mapo-train eval` writes its report inside a run folder; linked when present.
+EVAL_REPORT = Path("eval") / "report.md"
+
+TEMPLATE = """\
+---
+library_name: diffusers
+base_model: {{ base_model }}
+{%- if dataset_id %}
+datasets:
+- {{ dataset_id }}
+{%- endif %}
+tags:
+- stable-diffusion-xl
+- text-to-image
+- diffusers
+- mapo-train
+- {{ loss_name }}
+{%- if lora %}
+- lora
+{%- endif %}
+---
+
+# {{ title }}
+
+{{ method_sentence }}
+
+- Base model: `{{ base_model }}`
+- Data: `{{ data_path }}` (split `{{ split }}`, {{ num_pairs }} pairs used{% if ties_dropped %}, {{ ties_dropped }} ties dropped{% endif %})
+- Trained: {{ steps }} optimizer steps, effective batch {{ effective_batch }} pairs, {{ finetune }}
+
+## Use it
+
+```python
+import torch
+from diffusers import StableDiffusionXLPipeline
+{%- if lora %}
+
+pipe = StableDiffusionXLPipeline.from_pretrained("{{ base_model }}", torch_dtype=torch.float16)
+pipe.load_lora_weights("{{ load_path }}")
+{%- else %}
+from diffusers import UNet2DConditionModel
+
+unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", torch_dtype=torch.float16)
+pipe = StableDiffusionXLPipeline.from_pretrained("{{ base_model }}", unet=unet, torch_dtype=torch.float16)
+{%- endif %}
+image = pipe("{{ example_prompt }}").images[0]
+```
+
+## Training
+
+| setting | value |
+| --- | --- |
+{%- for key, value in settings %}
+| {{ key }} | `{{ value }}` |
+{%- endfor %}
+
+The full resolved configuration is in [training_config.yaml](training_config.yaml).
+{%- if final %}
+
+Last logged step: {% for key, value in final %}{{ key }} {{ value }}{% if not loop.last %}, {% endif %}{% endfor %}.
+{%- endif %}
+{%- if curves %}
+
+![loss, margin and implicit accuracy]({{ curves }})
+{%- endif %}
+{%- if grid %}
+
+## Validation
+
+Fixed prompts (rows) and seeds (columns) after training:
+{% for prompt in prompts %}
+{{ loop.index }}. {{ prompt }}
+{%- endfor %}
+
+![validation grid]({{ grid }})
+{%- endif %}
+
+## Evaluation
+
+{% if eval_report -%}
+See the [evaluation report]({{ eval_report }}).
+{%- else -%}
+Not evaluated yet: run `mapo-train eval --tuned {{ load_path }} ...`; this card links the report once `{{ eval_report_path }}` exists.
+{%- endif %}
+
+Trained with `mapo-train` from the mapo toolkit.
+"""
+
+_METHODS = {
+    "mapo": "Fine-tuned with MaPO (margin-aware preference optimization, reference-free): "
+    "it raises the likelihood of the chosen images and widens the margin to the rejected ones.",
+    "dpo": "Fine-tuned with Diffusion-DPO against a frozen copy of the base model.",
+    "sft": "Fine-tuned on the chosen images only (supervised baseline).",
+}
+
+
+def _dataset_id(path: str) -> str | None:
+    return path if path.count("/") == 1 and not Path(path).exists() else None
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def render_card(
+    cfg: RunConfig,
+    *,
+    out: Path,
+    steps: int,
+    num_pairs: int,
+    ties_dropped: int,
+    effective_batch: int,
+    final_metrics: dict[str, float] | None = None,
+    curves: str | None = None,
+    grid: str | None = None,
+) -> str:
+    """The card's Markdown; image and report paths are relative to ``out``."""
+    t = cfg.train
+    lora = cfg.model.finetune == "lora"
+    settings = [
+        ("loss", cfg.loss.name),
+        *([("beta", _fmt(cfg.loss_beta))] if cfg.loss.name != "sft" else []),
+        *([("alpha", _fmt(cfg.loss_alpha))] if cfg.loss.name == "mapo" else []),
+        ("finetune", cfg.model.finetune + (f" (rank {cfg.lora.rank})" if lora else "")),
+        ("resolution", cfg.data.resolution),
+        ("learning rate", _fmt(t.learning_rate)),
+        ("lr schedule", f"{t.lr_scheduler}, warmup {t.lr_warmup_steps}"),
+        ("optimizer", t.optimizer),
+        ("batch per process x accumulation", f"{t.batch_size} x {t.gradient_accumulation_steps}"),
+        ("mixed precision", t.mixed_precision or "from accelerate"),
+        ("EMA", f"decay {t.ema_decay}" if t.ema else "off"),
+        ("seed", t.seed),
+    ]
+    eval_report = EVAL_REPORT.as_posix() if (out / EVAL_REPORT).is_file() else None
+    hub_id = t.hub_model_id if t.push_to_hub else None
+    return jinja2.Template(TEMPLATE).render(
+        title=f"SDXL {cfg.loss.name.upper()} fine-tune" + (" (LoRA)" if lora else ""),
+        method_sentence=_METHODS[cfg.loss.name],
+        base_model=cfg.model.pretrained,
+        dataset_id=_dataset_id(cfg.data.path),
+        data_path=cfg.data.path,
+        split=cfg.data.split,
+        num_pairs=num_pairs,
+        ties_dropped=ties_dropped,
+        steps=steps,
+        effective_batch=effective_batch,
+        finetune="LoRA" if lora else "full UNet fine-tune",
+        lora=lora,
+        load_path=hub_id or str(out),
+        loss_name=cfg.loss.name,
+        example_prompt=(cfg.validation.prompts or ["a cat"])[0].replace('"', "'"),
+        settings=settings,
+        final=[(k, _fmt(v)) for k, v in (final_metrics or {}).items()],
+        curves=curves,
+        grid=grid,
+        prompts=cfg.validation.prompts,
+        eval_report=eval_report,
+        eval_report_path=EVAL_REPORT.as_posix(),
+    )
+
+
+def write_card(out: Path, **kwargs: Any) -> Path:
+    path = out / "README.md"
+    path.write_text(render_card(out=out, **kwargs))
+    return path

@@ -1,0 +1,198 @@
+"""Model setup: load SDXL's parts, freeze what is not trained, add LoRA, build the reference,
+the optimizer and the EMA, and save the result in the formats diffusers loads back."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mapo_data.errors import MapoError
+from mapo_data.tiny import TINY_MODEL_NAME, resolve_model_id
+from mapo_train.config import FP16_FIX_VAE, ModelConfig, RunConfig
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Components:
+    """The loaded parts of the base model."""
+
+    base: str  # resolved model id or folder
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+    noise_scheduler: Any
+    prediction_type: str
+
+
+def _load(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MapoError(f"could not load {what}: {first}") from err
+
+
+def vae_source(cfg: ModelConfig, mixed_precision: str) -> str | None:
+    """Which VAE to load: None for the base model's own."""
+    if cfg.vae == "base":
+        return None
+    if cfg.vae == "auto":
+        # The fp16-fix VAE only matches real SDXL; the tiny model has its own small VAE.
+        if mixed_precision == "fp16" and cfg.pretrained != TINY_MODEL_NAME:
+            return FP16_FIX_VAE
+        return None
+    return cfg.vae
+
+
+def load_components(cfg: ModelConfig, mixed_precision: str) -> Components:
+    """Load every part on the CPU in fp32; the trainer moves and casts them."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+    base = resolve_model_id(cfg.pretrained)
+    common = {"revision": cfg.revision}
+    weights = {**common, "variant": cfg.variant}
+    noise_scheduler = _load(
+        "the scheduler", DDPMScheduler.from_pretrained, base, subfolder="scheduler", **common
+    )
+    tokenizer = _load("tokenizer", AutoTokenizer.from_pretrained, base, subfolder="tokenizer", **common)
+    tokenizer_2 = _load("tokenizer_2", AutoTokenizer.from_pretrained, base, subfolder="tokenizer_2", **common)
+    text_encoder = _load(
+        "text_encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **weights
+    )
+    text_encoder_2 = _load(
+        "text_encoder_2",
+        CLIPTextModelWithProjection.from_pretrained,
+        base,
+        subfolder="text_encoder_2",
+        **weights,
+    )
+    vae_id = vae_source(cfg, mixed_precision)
+    if vae_id is None:
+        vae = _load("the VAE", AutoencoderKL.from_pretrained, base, subfolder="vae", **weights)
+    else:
+        vae = _load(
+            f"the VAE {vae_id} (set model.vae=base to use the model's own)",
+            AutoencoderKL.from_pretrained,
+            vae_id,
+        )
+    unet = _load("the UNet", UNet2DConditionModel.from_pretrained, base, subfolder="unet", **weights)
+    prediction_type = cfg.prediction_type or noise_scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise MapoError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)")
+    for frozen in (vae, text_encoder, text_encoder_2):
+        frozen.requires_grad_(False)
+        frozen.eval()
+    return Components(
+        base=base,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        noise_scheduler=noise_scheduler,
+        prediction_type=prediction_type,
+    )
+
+
+def vae_dtype(mixed_precision: str, vae_id: str | None) -> torch.dtype:
+    """The original SDXL VAE overflows in fp16, so it stays in fp32 unless it is the fp16-fix one."""
+    if mixed_precision == "fp16" and vae_id != FP16_FIX_VAE:
+        return torch.float32
+    return DTYPES[mixed_precision]
+
+
+def add_lora(unet, cfg: RunConfig) -> None:
+    """Freeze the UNet and attach trainable LoRA adapters to the configured modules."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    lora = cfg.lora
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha if lora.alpha is not None else lora.rank,
+        lora_dropout=lora.dropout,
+        init_lora_weights="gaussian",
+        target_modules=list(lora.target_modules),
+    )
+    try:
+        unet.add_adapter(config)
+    except ValueError as err:
+        raise MapoError(f"lora.target_modules {lora.target_modules} do not match the UNet: {err}") from err
+
+
+def trainable_parameters(unet) -> list[torch.nn.Parameter]:
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def make_reference_unet(unet, dtype: torch.dtype, device) -> Any:
+    """A frozen copy of the base UNet (Diffusion-DPO's reference for full fine-tuning)."""
+    import copy
+
+    ref = copy.deepcopy(unet)
+    ref.requires_grad_(False)
+    ref.eval()
+    return ref.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet):
+    """Run the base model under a LoRA UNet: the reference for DPO with LoRA, without a copy."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+
+
+def build_optimizer(params: list[torch.nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+    t = cfg.train
+    kwargs = dict(
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        weight_decay=t.weight_decay,
+        eps=t.adam_epsilon,
+    )
+    if t.optimizer == "adamw8bit":
+        adamw8bit = load_adamw8bit()
+        return adamw8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def load_adamw8bit():
+    """bitsandbytes' AdamW8bit, or a MapoError saying how to get it."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise MapoError(
+            "train.optimizer=adamw8bit needs bitsandbytes: pip install 'mapo[bnb]' (or use train.optimizer=adamw)"
+        ) from None
+    return bnb.optim.AdamW8bit
+
+
+def lora_state_dict(unet) -> dict[str, torch.Tensor]:
+    """The UNet's LoRA weights keyed the way ``load_lora_weights`` expects."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+def save_weights(unet, out: Path, finetune: str) -> Path:
+    """Save the trained result: ``out/unet`` (diffusers, safetensors) or LoRA weights in ``out``."""
+    if finetune == "lora":
+        from diffusers import StableDiffusionXLPipeline
+
+        StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=lora_state_dict(unet))
+        return out / "pytorch_lora_weights.safetensors"
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    return out / "unet"

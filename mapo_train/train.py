@@ -1,0 +1,510 @@
+"""The training loop, through accelerate: ``setup`` -> ``fit`` -> ``finish``.
+
+One process (``mapo-train``) or many (``accelerate launch -m mapo_train``) run the same code;
+accelerate handles devices, mixed precision, DDP/DeepSpeed and gradient accumulation.
+
+Determinism: every random draw of a micro-step (VAE sample, noise, timesteps) comes from a
+generator seeded with (seed, micro-step, rank), and the data order from (seed, epoch). Nothing
+depends on the global RNG once training has started, so resuming at step N reproduces an
+uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mapo_data.errors import MapoError
+from mapo_train import checkpoint as ckpt
+from mapo_train.config import RunConfig, dump_config
+from mapo_train.data import PairData, load_pair_data
+from mapo_train.encode import EncodedPairs, PairEncoder, SDXLTextEncoder
+from mapo_train.losses import get_loss
+from mapo_train.model import (
+    DTYPES,
+    Components,
+    adapters_disabled,
+    add_lora,
+    build_optimizer,
+    load_adamw8bit,
+    load_components,
+    make_reference_unet,
+    save_weights,
+    trainable_parameters,
+    vae_dtype,
+    vae_source,
+)
+from mapo_train.step import denoising_losses, pair_objective
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+CONFIG_FILE = "training_config.yaml"
+
+
+class NonFiniteLossError(MapoError):
+    """The loss became NaN or inf; the run stopped without saving anything newer."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    weights: Path | None
+    history: list[dict[str, Any]]
+    validation_grid: Path | None = None
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by ``setup``."""
+
+    cfg: RunConfig
+    out: Path
+    accelerator: Any
+    components: Components
+    unet: Any  # prepared (wrapped) model
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    lr_scheduler: Any
+    ema: Any
+    data: PairData
+    encoder: PairEncoder
+    reference: Any
+    inference_scheduler: Any
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    last_grid: Path | None = None
+
+
+def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
+    """The CPU generator for one micro-step of one process."""
+    state = np.random.SeedSequence([seed, micro_step, rank, 0x3A90]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def _trackers(report_to: str) -> list[str] | None:
+    if report_to == "none":
+        return None
+    names = ["tensorboard", "wandb"] if report_to == "all" else [report_to]
+    if "wandb" in names:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise MapoError(
+                "train.report_to uses wandb, which is not installed: pip install 'mapo[wandb]'"
+            ) from None
+    return names
+
+
+def make_accelerator(cfg: RunConfig, out: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    t = cfg.train
+    return Accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=_trackers(t.report_to),
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+
+
+def _tracker_config(cfg: RunConfig) -> dict[str, Any]:
+    """Flat scalar config for trackers (tensorboard's hparams accept only scalars)."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def setup(cfg: RunConfig, resume: str | None = None) -> Run:
+    """Build the accelerator, data, models, optimizer; restore a checkpoint when resuming."""
+    from accelerate.utils import set_seed
+    from diffusers import EulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    t = cfg.train
+    out = Path(t.output_dir)
+    if t.optimizer == "adamw8bit":
+        load_adamw8bit()  # fail before any model is loaded
+    resume_path = ckpt.resolve_resume(out, resume) if resume else None
+    accelerator = make_accelerator(cfg, out)
+    mixed_precision = accelerator.mixed_precision
+    if t.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    set_seed(t.seed)  # LoRA's initial weights are drawn from the global RNG
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+
+    with accelerator.main_process_first():  # the first process converts parquet to Arrow once
+        data = load_pair_data(cfg.data, t.seed)
+    components = load_components(cfg.model, mixed_precision)
+    weight_dtype = DTYPES[mixed_precision]
+    device = accelerator.device
+    unet = components.unet
+    if cfg.model.finetune == "lora":
+        add_lora(unet, cfg)
+        # The frozen base can live in the low-precision dtype; the adapters train in fp32.
+        unet.to(device, dtype=weight_dtype)
+        for p in trainable_parameters(unet):
+            p.data = p.data.float()
+    else:
+        unet.to(device)
+        unet.train()
+    if t.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    components.vae.to(device, dtype=vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
+    components.text_encoder.to(device, dtype=weight_dtype)
+    components.text_encoder_2.to(device, dtype=weight_dtype)
+
+    reference = None
+    loss_spec = get_loss(cfg.loss.name)
+    if loss_spec.needs_reference and cfg.model.finetune == "full":
+        ref_unet = make_reference_unet(unet, weight_dtype, device)
+        reference = _reference_fn(ref_unet, components, accelerator)
+
+    params = trainable_parameters(unet)
+    optimizer = build_optimizer(params, cfg)
+    lr_scheduler = get_scheduler(
+        t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
+    )
+    ema = EMAModel(params, decay=t.ema_decay) if t.ema else None
+    if accelerator.state.deepspeed_plugin is not None:
+        # No data loader goes through prepare(), so DeepSpeed cannot infer its micro-batch.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    # The scheduler is stepped once per optimizer step by the loop (not by accelerate, which
+    # would step it once per process); it still goes into checkpoints.
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    if loss_spec.needs_reference and cfg.model.finetune == "lora":
+        reference = _lora_reference_fn(unet, components, accelerator)
+
+    run = Run(
+        cfg=cfg,
+        out=out,
+        accelerator=accelerator,
+        components=components,
+        unet=unet,
+        params=params,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        ema=ema,
+        data=data,
+        encoder=PairEncoder(
+            components.vae,
+            SDXLTextEncoder(
+                components.tokenizer,
+                components.tokenizer_2,
+                components.text_encoder,
+                components.text_encoder_2,
+            ),
+            device,
+        ),
+        reference=reference,
+        inference_scheduler=EulerDiscreteScheduler.from_pretrained(components.base, subfolder="scheduler"),
+    )
+    if resume_path is not None:
+        state = ckpt.load_checkpoint(accelerator, resume_path)
+        run.global_step = int(state["global_step"])
+        accelerator.print(f"resumed from {resume_path} at step {run.global_step}")
+    run.history = _load_history(out / METRICS_FILE, run.global_step)
+    if accelerator.is_main_process:
+        _write_history(out / METRICS_FILE, run.history)
+        (out / CONFIG_FILE).write_text(dump_config(cfg))
+    accelerator.init_trackers("mapo-train", config=_tracker_config(cfg))
+    return run
+
+
+def _reference_fn(ref_unet, components: Components, accelerator):
+    def reference(pairs: EncodedPairs, noise, timesteps):
+        with accelerator.autocast():
+            return denoising_losses(
+                ref_unet, components.noise_scheduler, pairs, noise, timesteps, components.prediction_type
+            )
+
+    return reference
+
+
+def _lora_reference_fn(unet, components: Components, accelerator):
+    base = accelerator.unwrap_model(unet)
+
+    def reference(pairs: EncodedPairs, noise, timesteps):
+        # The unwrapped module under no_grad: no DDP hooks fire, no gradient is recorded.
+        with adapters_disabled(base), accelerator.autocast():
+            return denoising_losses(
+                base, components.noise_scheduler, pairs, noise, timesteps, components.prediction_type
+            )
+
+    return reference
+
+
+def _load_history(path: Path, upto_step: int) -> list[dict[str, Any]]:
+    """Metrics logged so far; on resume, entries after the checkpoint are dropped (they will be
+    logged again)."""
+    if upto_step == 0 or not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _validate(run: Run) -> None:
+    """Render the validation grid on the main process (with EMA weights when EMA is on)."""
+    from mapo_train.validation import grid_path, render_grid
+
+    cfg, accelerator = run.cfg, run.accelerator
+    if not cfg.validation.enabled:
+        return
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(run.unet)
+        if run.ema is not None:
+            run.ema.store(run.params)
+            run.ema.copy_to(run.params)
+        try:
+            with accelerator.autocast():
+                grid = render_grid(
+                    run.components,
+                    unet,
+                    cfg.validation,
+                    cfg.validation.resolution or cfg.data.resolution,
+                    run.inference_scheduler,
+                )
+        finally:
+            if run.ema is not None:
+                run.ema.restore(run.params)
+        path = grid_path(run.out, run.global_step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        run.last_grid = path
+        _log_image(accelerator, grid, run.global_step)
+    accelerator.wait_for_everyone()
+
+
+def _log_image(accelerator, grid, step: int) -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": wandb.Image(grid)}, step=step)
+
+
+def _stop_on_nonfinite(run: Run, loss: torch.Tensor, metrics: dict[str, torch.Tensor]) -> None:
+    """Raise NonFiniteLossError if the loss is NaN/inf on any process (all stop together)."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    if run.accelerator.num_processes > 1:
+        finite = run.accelerator.gather(finite).min().reshape(1)
+    if finite.item() == 1.0:
+        return
+    value = loss.detach().float().item()
+    last = ckpt.latest_checkpoint(run.out)
+    where = (
+        f"the last good checkpoint is {last} (resume with --resume latest, e.g. with a lower train.learning_rate)"
+        if last is not None
+        else "no checkpoint had been saved yet"
+    )
+    raise NonFiniteLossError(
+        f"loss became {value} at step {run.global_step + 1} "
+        f"(L_w={metrics['loss_w'].item():.4g}, L_l={metrics['loss_l'].item():.4g}); stopped, nothing newer was saved; {where}"
+    )
+
+
+def fit(run: Run) -> None:
+    """Train until train.max_steps, checkpointing, validating and logging along the way."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator = run.cfg, run.accelerator
+    t = cfg.train
+    accum = t.gradient_accumulation_steps
+    loss_spec = get_loss(cfg.loss.name)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    micro_step = run.global_step * accum
+    loader = run.data.loader(t.batch_size, t.seed, rank, world, micro_step, cfg.data.num_workers)
+    max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf
+    pairs_per_step = t.batch_size * world * accum
+    pairs_read = bad_read = 0
+    if run.global_step == 0:
+        _validate(run)
+
+    progress = tqdm(
+        total=t.max_steps,
+        initial=run.global_step,
+        desc="mapo-train",
+        disable=not accelerator.is_local_main_process,
+    )
+    sums: dict[str, float] = {}
+    started = time.perf_counter()
+    run.unet.train()
+    batches = iter(loader)
+    try:
+        while run.global_step < t.max_steps:
+            batch = next(batches)
+            pairs_read += len(batch["captions"])
+            bad_read += batch["bad"]
+            if bad_read > max(10, cfg.data.max_bad_fraction * pairs_read):
+                raise MapoError(
+                    f"{bad_read} undecodable pairs out of {pairs_read} read, more than data.max_bad_fraction="
+                    f"{cfg.data.max_bad_fraction}; check the dataset"
+                )
+            generator = step_generator(t.seed, micro_step, rank)
+            micro_step += 1
+            pairs = run.encoder(batch, generator)
+            with accelerator.accumulate(run.unet):
+                loss, metrics = pair_objective(
+                    run.unet,
+                    run.components.noise_scheduler,
+                    pairs,
+                    loss_spec,
+                    generator,
+                    beta=cfg.loss_beta,
+                    alpha=cfg.loss_alpha,
+                    prediction_type=run.components.prediction_type,
+                    reference=run.reference,
+                )
+                _stop_on_nonfinite(run, loss, metrics)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(run.params, max_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            for key, value in {"loss": loss.detach(), **metrics}.items():
+                sums[key] = sums.get(key, 0.0) + float(value) / accum
+            if not accelerator.sync_gradients:
+                continue
+
+            run.lr_scheduler.step()
+            if run.ema is not None:
+                run.ema.step(run.params)
+            run.global_step += 1
+            elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            row = _reduce(accelerator, sums)
+            sums = {}
+            row.update(
+                step=run.global_step,
+                lr=run.lr_scheduler.get_last_lr()[0],
+                grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                pairs_per_s=pairs_per_step / max(elapsed, 1e-9),
+                bad_pairs=bad_read,
+            )
+            accelerator.log({k: v for k, v in row.items() if k != "step"}, step=run.global_step)
+            if accelerator.is_main_process:
+                run.history.append(row)
+                with open(run.out / METRICS_FILE, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{row['loss']:.4f}", acc=f"{row['accuracy']:.2f}", margin=f"{row['margin']:.2e}"
+            )
+
+            if (
+                t.checkpoint_every
+                and run.global_step % t.checkpoint_every == 0
+                and run.global_step < t.max_steps
+            ):
+                ckpt.save_checkpoint(
+                    accelerator,
+                    run.out,
+                    run.global_step,
+                    {"global_step": run.global_step},
+                    t.checkpoints_keep,
+                )
+            every = cfg.validation.every_n_steps
+            if every and run.global_step % every == 0 and run.global_step < t.max_steps:
+                _validate(run)
+    finally:
+        progress.close()
+    # The final state is resumable too (e.g. to train further with a higher max_steps).
+    if t.checkpoint_every:
+        ckpt.save_checkpoint(
+            accelerator, run.out, run.global_step, {"global_step": run.global_step}, t.checkpoints_keep
+        )
+    _validate(run)
+
+
+def _reduce(accelerator, sums: dict[str, float]) -> dict[str, float]:
+    """Average step metrics over processes."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys], device=accelerator.device, dtype=torch.float64)
+    if accelerator.num_processes > 1:
+        values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def finish(run: Run) -> TrainResult:
+    """Save the weights (EMA if on), curves, card and config; push to the Hub if asked."""
+    from mapo_train.card import write_card
+    from mapo_train.plots import plot_curves
+
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    accelerator.wait_for_everyone()
+    weights = None
+    if accelerator.is_main_process:
+        unet = accelerator.unwrap_model(run.unet)
+        if run.ema is not None:
+            run.ema.copy_to(run.params)
+        weights = save_weights(unet, out, cfg.model.finetune)
+        (out / CONFIG_FILE).write_text(dump_config(cfg))
+        curves = plot_curves(run.history, out / CURVES_FILE, title=f"{cfg.loss.name} on {cfg.data.path}")
+        t = cfg.train
+        write_card(
+            out,
+            cfg=cfg,
+            steps=run.global_step,
+            num_pairs=len(run.data.index),
+            ties_dropped=run.data.index.ties_dropped,
+            effective_batch=t.batch_size * accelerator.num_processes * t.gradient_accumulation_steps,
+            final_metrics={k: run.history[-1][k] for k in ("loss", "margin", "accuracy")}
+            if run.history
+            else None,
+            curves=CURVES_FILE if curves else None,
+            grid=run.last_grid.relative_to(out).as_posix() if run.last_grid else None,
+        )
+        if t.push_to_hub:
+            from mapo_train.hub import push_run
+
+            url = push_run(out, t.hub_model_id, private=t.hub_private)
+            accelerator.print(f"pushed to {url}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(
+        output_dir=out,
+        global_step=run.global_step,
+        weights=weights,
+        history=run.history,
+        validation_grid=run.last_grid,
+    )
+
+
+def train(cfg: RunConfig, resume: str | None = None) -> TrainResult:
+    """Train as configured; ``resume`` is ``latest`` or a checkpoint folder."""
+    run = setup(cfg, resume)
+    try:
+        fit(run)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            run.accelerator.end_training()
+        raise
+    return finish(run)
