@@ -18,6 +18,8 @@ from mapo_data.cli.app import app
 # Importing a command module registers its commands on `app`.
 from mapo_data.cli import build as _build  # noqa: F401,E402  isort: skip
 from mapo_data.cli import prompts as _prompts  # noqa: F401,E402  isort: skip
+from mapo_data.cli import curate as _curate  # noqa: F401,E402  isort: skip
+from mapo_data.cli import inspect as _inspect  # noqa: F401,E402  isort: skip
 
 
 def main(argv: list[str] | None = None) -> None:

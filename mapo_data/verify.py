@@ -1,0 +1,250 @@
+"""`mapo-data verify`: check a dataset thoroughly and list every problem (file, row, what).
+
+Unlike the quick checks every command does on opening a dataset, verify reads everything: the
+sha256 of every shard, every row, every image. It does not stop at the first problem.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mapo_data.presets import assemble_prompt
+from mapo_data.reader import (
+    DatasetError,
+    ShardRef,
+    decode_image,
+    discover_parquet,
+    load_manifest,
+    manifest_shards,
+)
+from mapo_data.schema import (
+    CAPTION,
+    DATA_DIR,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    IMAGE_COLUMNS,
+    LABEL_COLUMNS,
+    MANIFEST_NAME,
+    PROMPT_COLUMNS,
+    REQUIRED_COLUMNS,
+)
+from mapo_data.shards import sha256_file
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    row: int | None  # row within the file, 0-based; None: the whole file
+    what: str
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file} row {self.row}"
+        return f"{where}: {self.what}"
+
+
+@dataclass
+class VerifyReport:
+    problems: list[Problem] = field(default_factory=list)
+    shards: int = 0
+    pairs: int = 0
+    images: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, file: str, row: int | None, what: str) -> None:
+        self.problems.append(Problem(file, row, what))
+
+
+def _type_ok(column: str, dtype: pa.DataType) -> bool:
+    if column == CAPTION:
+        return pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+    if column in IMAGE_COLUMNS:
+        return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
+    if column in LABEL_COLUMNS:
+        return pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+    return True
+
+
+def _check_manifest(manifest: dict[str, Any], report: VerifyReport) -> None:
+    if manifest.get("format") != FORMAT_NAME:
+        report.add(MANIFEST_NAME, None, f"format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        report.add(
+            MANIFEST_NAME,
+            None,
+            f"format_version is {manifest.get('format_version')!r}, expected {FORMAT_VERSION}",
+        )
+    if not isinstance(manifest.get("num_pairs"), int):
+        report.add(MANIFEST_NAME, None, "num_pairs is missing or not an integer")
+    seen = set()
+    for i, entry in enumerate(manifest["shards"]):
+        for key in ("path", "rows", "bytes", "sha256"):
+            if key not in entry:
+                report.add(MANIFEST_NAME, None, f"shard entry {i} has no {key!r}")
+        path = entry.get("path")
+        if path in seen:
+            report.add(MANIFEST_NAME, None, f"shard {path} is listed twice")
+        seen.add(path)
+
+
+def _labels_problem(l0: Any, l1: Any) -> str | None:
+    if l0 is None or l1 is None:
+        return "label is null"
+    a, b = float(l0), float(l1)
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return f"labels are not finite ({l0}, {l1})"
+    if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a + b - 1) > 1e-6:
+        return f"labels ({l0}, {l1}) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)"
+    return None
+
+
+def _check_rows(
+    pf: pq.ParquetFile, shard: ShardRef, preset: dict[str, Any] | None, report: VerifyReport
+) -> int:
+    """Read every row of a shard; returns the number of rows actually read."""
+    names = pf.schema_arrow.names
+    check_prompts = bool(preset) and all(c in names for c in PROMPT_COLUMNS)
+    columns = [c for c in (*REQUIRED_COLUMNS, *PROMPT_COLUMNS) if c in names]
+    row = 0
+    for batch in pf.iter_batches(batch_size=32, columns=columns):
+        data = {c: batch.column(c).to_pylist() for c in columns}
+        for i in range(batch.num_rows):
+            for col in IMAGE_COLUMNS:
+                if col not in data:
+                    continue
+                report.images += 1
+                try:
+                    decode_image(data[col][i])
+                except Exception as err:  # PIL raises many types for bad bytes
+                    report.add(shard.rel, row, f"{col} does not decode ({_short(err)})")
+            if all(c in data for c in LABEL_COLUMNS):
+                l0, l1 = data["label_0"][i], data["label_1"][i]
+                problem = _labels_problem(l0, l1)
+                if problem:
+                    report.add(shard.rel, row, problem)
+                elif check_prompts and float(l0) != float(l1):
+                    problem = _prompt_problem(data, i, preset, chosen=0 if float(l0) > float(l1) else 1)
+                    if problem:
+                        report.add(shard.rel, row, problem)
+            row += 1
+    return row
+
+
+def _prompt_problem(data: dict[str, list], i: int, preset: dict[str, Any], chosen: int) -> str | None:
+    """In our builds the full prompts say which side is which; the labels must agree with them."""
+    caption = data[CAPTION][i] or ""
+    expected = (
+        assemble_prompt(preset.get("chosen_prefix") or "", caption),
+        assemble_prompt(preset.get("rejected_prefix") or "", caption),
+    )
+    actual = (data[PROMPT_COLUMNS[chosen]][i], data[PROMPT_COLUMNS[1 - chosen]][i])
+    if actual != expected:
+        return f"labels contradict the prompts: the chosen image's prompt is {actual[0]!r}, expected {expected[0]!r}"
+    return None
+
+
+def _short(err: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not a recognised image format"
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _shards_to_check(paths: list[Path], report: VerifyReport) -> tuple[list[ShardRef], dict | None, Path]:
+    if len(paths) == 1 and paths[0].is_dir():
+        root = paths[0].resolve()
+        if (root / MANIFEST_NAME).exists():
+            try:
+                manifest = load_manifest(root)
+                shards = manifest_shards(root, manifest)
+            except DatasetError as err:
+                report.add(MANIFEST_NAME, None, str(err))
+                manifest, shards = None, []
+            if manifest is not None:
+                _check_manifest(manifest, report)
+                listed = {s.path for s in shards}
+                for extra in discover_parquet(root):
+                    if extra.resolve() not in listed:
+                        rel = extra.relative_to(root).as_posix()
+                        if rel.startswith(f"{DATA_DIR}/"):
+                            report.add(
+                                rel, None, "parquet file not listed in the manifest (datasets would load it)"
+                            )
+            else:
+                shards = [ShardRef(p, p.relative_to(root).as_posix()) for p in discover_parquet(root)]
+            return shards, manifest, root
+        files = discover_parquet(root)
+        if not files:
+            raise DatasetError(f"{root}: not a dataset folder (no {MANIFEST_NAME} and no parquet files)")
+        report.add(MANIFEST_NAME, None, "missing (the folder is incomplete or not made by mapo-data)")
+        return [ShardRef(p, p.relative_to(root).as_posix()) for p in files], None, root
+    shards = []
+    for p in paths:
+        if not p.exists() or p.is_dir():
+            raise DatasetError(f"{p}: not a parquet file (give one dataset folder, or parquet files)")
+        shards.append(ShardRef(p.resolve(), str(p)))
+    return shards, None, shards[0].path.parent
+
+
+def check_shard(shard: ShardRef, preset: dict[str, Any] | None, report: VerifyReport) -> int:
+    """Check one shard against its manifest entry and read all of it; returns the rows read."""
+    if not shard.path.is_file():
+        report.add(shard.rel, None, "listed in the manifest but missing")
+        return 0
+    size = shard.path.stat().st_size
+    if shard.bytes is not None and size != shard.bytes:
+        report.add(shard.rel, None, f"size {size} bytes, manifest says {shard.bytes}")
+    if shard.sha256 is not None and sha256_file(shard.path) != shard.sha256:
+        report.add(shard.rel, None, "sha256 differs from the manifest (the file changed or is damaged)")
+    try:
+        pf = pq.ParquetFile(shard.path)
+    except (pa.ArrowException, OSError) as err:
+        report.add(shard.rel, None, f"not a readable parquet file ({_short(err)})")
+        return 0
+    footer_rows = pf.metadata.num_rows
+    if shard.rows is not None and footer_rows != shard.rows:
+        report.add(shard.rel, None, f"{footer_rows} rows, manifest says {shard.rows}")
+    schema = pf.schema_arrow
+    for col in REQUIRED_COLUMNS:
+        if col not in schema.names:
+            report.add(shard.rel, None, f"missing column {col}")
+        elif not _type_ok(col, schema.field(col).type):
+            report.add(shard.rel, None, f"column {col} has type {schema.field(col).type}")
+    try:
+        rows = _check_rows(pf, shard, preset, report)
+    except (pa.ArrowException, OSError) as err:
+        report.add(shard.rel, None, f"data pages unreadable ({_short(err)})")
+        return 0
+    if rows != footer_rows:
+        report.add(shard.rel, None, f"read {rows} rows, the footer says {footer_rows}")
+    return rows
+
+
+def verify_dataset(paths: str | Path | list[str | Path], progress: bool = False) -> VerifyReport:
+    """Check everything; the report lists each problem, ``report.ok`` only when there are none."""
+    from tqdm.auto import tqdm
+
+    items = [Path(p) for p in (paths if isinstance(paths, list) else [paths])]
+    if len(items) == 1 and not items[0].exists():
+        raise DatasetError(f"{items[0]}: no such file or folder")
+    report = VerifyReport()
+    shards, manifest, _ = _shards_to_check(items, report)
+    preset = (manifest or {}).get("preset") or None
+    total = 0
+    for shard in tqdm(shards, unit="shard", desc="verify", disable=not progress):
+        total += check_shard(shard, preset, report)
+        report.shards += 1
+    report.pairs = total
+    if manifest is not None and isinstance(manifest.get("num_pairs"), int) and manifest["num_pairs"] != total:
+        report.add(MANIFEST_NAME, None, f"num_pairs is {manifest['num_pairs']}, the shards hold {total}")
+    return report
