@@ -142,6 +142,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
     accelerator = make_accelerator(cfg, out)
+    _reconcile_launch_settings(accelerator, cfg)
     mixed_precision = accelerator.mixed_precision
     if t.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -167,9 +168,9 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         unet.train()
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    components.vae.to(device, dtype=vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
-    components.text_encoder.to(device, dtype=weight_dtype)
-    components.text_encoder_2.to(device, dtype=weight_dtype)
+    _place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
+    _place(components.text_encoder, device, weight_dtype)
+    _place(components.text_encoder_2, device, weight_dtype)
 
     reference = None
     loss_spec = get_loss(cfg.loss.name)
@@ -183,9 +184,6 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         t.lr_scheduler, optimizer, num_warmup_steps=t.lr_warmup_steps, num_training_steps=t.max_steps
     )
     ema = EMAModel(params, decay=t.ema_decay) if t.ema else None
-    if accelerator.state.deepspeed_plugin is not None:
-        # No data loader goes through prepare(), so DeepSpeed cannot infer its micro-batch.
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = t.batch_size
     unet, optimizer = accelerator.prepare(unet, optimizer)
     # The scheduler is stepped once per optimizer step by the loop (not by accelerate, which
     # would step it once per process); it still goes into checkpoints.
@@ -230,6 +228,34 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         (out / CONFIG_FILE).write_text(dump_config(cfg))
     accelerator.init_trackers("mapo-train", config=_tracker_config(cfg))
     return run
+
+
+def _place(module, device, dtype: torch.dtype) -> None:
+    # Casting only when needed: diffusers warns on every dtype cast, even a no-op one.
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    module.to(device)
+
+
+def _reconcile_launch_settings(accelerator, cfg: RunConfig) -> None:
+    """Make the recipe and the accelerate launch configuration agree, or say where they differ."""
+    t = cfg.train
+    if accelerator.gradient_accumulation_steps != t.gradient_accumulation_steps:
+        raise MapoError(
+            f"the accelerate configuration sets gradient accumulation to {accelerator.gradient_accumulation_steps} "
+            f"but train.gradient_accumulation_steps is {t.gradient_accumulation_steps}; set it in one place"
+        )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        ds = plugin.deepspeed_config
+        # No data loader goes through prepare(), so DeepSpeed cannot infer these; and DeepSpeed
+        # does the clipping itself, so it must use the recipe's norm.
+        ds["train_micro_batch_size_per_gpu"] = t.batch_size
+        ds["gradient_accumulation_steps"] = t.gradient_accumulation_steps
+        ds["gradient_clipping"] = t.max_grad_norm
+        if t.optimizer == "adamw8bit":
+            # ZeRO shards any torch optimizer; it only asks to be told that this one is fine.
+            ds["zero_allow_untested_optimizer"] = True
 
 
 def _reference_fn(ref_unet, components: Components, accelerator):
