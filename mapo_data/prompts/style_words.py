@@ -70,13 +70,15 @@ class StyleWordMatcher:
     def _strip(self) -> re.Pattern[str]:
         # A style word takes its grammar with it, so that stripping leaves a readable prompt:
         #   "in the style of pixar" / "in pixar style" / "a pixar-style cat" / "an oil painting of a fox".
+        # A bare run of style words keeps its a/an, which `_restrip_article` fits to the next word.
         word = rf"(?<!\w){self._any}(?!\w)"
         style = r"(?:[\s\-]+style(?!\w))"
+        run = rf"{word}{style}?(?:[\s,]+{word}{style}?)*"
         return re.compile(
             rf"\bin\s+(?:the\s+)?style\s+of\s+{word}"
             rf"|\bin\s+(?:an?\s+)?{word}{style}"
-            rf"|(?:\b(?:an?|the)\s+)?{word}{style}?\s+of\b"
-            rf"|{word}{style}?",
+            rf"|(?:\b(?:an?|the)\s+)?{run}\s+of\b"
+            rf"|(?:\b(?P<article>an?)\s+)?{run}(?=\s*(?P<next>\w*))",
             re.IGNORECASE,
         )
 
@@ -86,7 +88,18 @@ class StyleWordMatcher:
 
     def strip(self, prompt: str) -> str:
         """`prompt` without its style words, separators tidied; may return "" if nothing is left."""
-        return tidy_separators(self._strip.sub(" ", prompt))
+        return tidy_separators(self._strip.sub(_restrip_article, prompt))
+
+
+def _restrip_article(match: re.Match[str]) -> str:
+    """Replacement for a stripped run: nothing, or the article it followed, fitted to the next word
+    ("an anime girl" -> "a girl", "a realistic owl" -> "an owl"); by first letter, which is right
+    for the plain nouns of prompts far more often than not."""
+    article, following = match.group("article"), match.group("next")
+    if not article or not following:
+        return " "
+    fitted = "an" if following[0].lower() in "aeiou" else "a"
+    return f" {fitted.capitalize() if article[0].isupper() else fitted} "
 
 
 def tidy_separators(text: str) -> str:

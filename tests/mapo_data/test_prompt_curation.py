@@ -70,7 +70,13 @@ def test_duplicates_exact_and_case_whitespace_keep_first_in_order():
 
 
 def test_style_words_drop():
-    prompts = ["a castle at night, 8K", "a man painting a fence", "Pixar dog", "an anime girl", "a quiet lake"]
+    prompts = [
+        "a castle at night, 8K",
+        "a man painting a fence",
+        "Pixar dog",
+        "an anime girl",
+        "a quiet lake",
+    ]
     result = curate_prompts(prompts, PromptCurationConfig(style_words="drop"))
     assert result.prompts == ["a man painting a fence", "a quiet lake"]
     step = _step(result, "style_words")
@@ -81,7 +87,12 @@ def test_style_words_drop():
 def test_style_words_whole_words_only():
     matcher = StyleWordMatcher(read_style_words())
     assert matcher.find("a hdrive next to a photobooth in a cartoonist's studio") == []
-    assert matcher.find("HDR 3D-Render, 8 bit, Oil  Painting") == ["hdr", "3d-render", "8 bit", "oil  painting"]
+    assert matcher.find("HDR 3D-Render, 8 bit, Oil  Painting") == [
+        "hdr",
+        "3d-render",
+        "8 bit",
+        "oil  painting",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -95,6 +106,10 @@ def test_style_words_whole_words_only():
         ("a pixar-style fox", "a fox"),
         ("castle, 8K, HDR.", "castle."),
         ("realistic photo of a dog (8k)", "a dog"),
+        # A kept article is fitted to the word that now follows it.
+        ("an anime girl waving", "a girl waving"),
+        ("A realistic 8k owl", "An owl"),
+        ("the cartoon castle", "the castle"),
     ],
 )
 def test_style_words_strip_leaves_a_readable_prompt(prompt, stripped):
@@ -229,11 +244,16 @@ def test_config_rejects_contradictions(kwargs, message):
 
 def test_config_normalises_require_words():
     assert PromptCurationConfig(require_words="Woman").require_words == ("woman",)
-    assert PromptCurationConfig(require_words=("Girl", "girl", " female ")).require_words == ("girl", "female")
+    assert PromptCurationConfig(require_words=("Girl", "girl", " female ")).require_words == (
+        "girl",
+        "female",
+    )
 
 
 def test_report_markdown_table():
-    result = curate_prompts(["a cat", "a cat", "a dog | friends"], PromptCurationConfig(num_prompts=1, seed=0))
+    result = curate_prompts(
+        ["a cat", "a cat", "a dog | friends"], PromptCurationConfig(num_prompts=1, seed=0)
+    )
     lines = result.report_markdown().splitlines()
     assert lines[0] == "| step | before | after | dropped | note |"
     assert len(lines) == 2 + len(STEP_NAMES)

@@ -128,9 +128,9 @@ def test_local_json_dataset_folder_without_column_pushdown(tmp_path):
 def test_saved_dataset_folder(tmp_path):
     import datasets
 
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"prompt": PROMPTS, "n": [1, 2, 3]})}).save_to_disk(
-        str(tmp_path / "saved")
-    )
+    datasets.DatasetDict(
+        {"test": datasets.Dataset.from_dict({"prompt": PROMPTS, "n": [1, 2, 3]})}
+    ).save_to_disk(str(tmp_path / "saved"))
     assert load_prompts(str(tmp_path / "saved"), split="test") == PROMPTS
     with pytest.raises(MapoError) as excinfo:
         load_prompts(str(tmp_path / "saved"))  # default split train is not there
