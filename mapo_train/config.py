@@ -268,8 +268,13 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as plain nested dicts (what training_config.yaml holds)."""
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in _sections()}
+        """The configuration as plain nested dicts (what training_config.yaml holds). The lora
+        section is left out of a full fine-tune, where giving it would be a contradiction."""
+        return {
+            f.name: dataclasses.asdict(getattr(self, f.name))
+            for f in _sections()
+            if not (f.name == "lora" and self.model.finetune == "full")
+        }
 
 
 def _sections() -> list[dataclasses.Field]:

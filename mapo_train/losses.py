@@ -22,6 +22,12 @@ import torch.nn.functional as F
 _PHI_SERIES_BELOW = 1e-4
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (half-precision losses lose the small differences that matter here),
+    keeping fp64 when given."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def phi(loss: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """phi_a(l) = a*l / (exp(a*l) - 1), computed stably.
 
@@ -29,7 +35,7 @@ def phi(loss: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     inputs where it is well-defined, so gradients stay finite too (a plain ``torch.where`` over an
     expression that is NaN somewhere leaks NaN into the backward pass).
     """
-    x = alpha * loss.float()
+    x = alpha * _wide(loss)
     small = x.abs() < _PHI_SERIES_BELOW
     positive = x >= _PHI_SERIES_BELOW
     one = torch.ones_like(x)
@@ -72,7 +78,7 @@ def mapo_loss_and_metrics(
     """``mapo_loss`` plus its metrics (the same arithmetic, computed once)."""
     log_odds = num_train_timesteps * (phi(loss_w, alpha) - phi(loss_l, alpha))
     log_ratio = F.logsigmoid(log_odds)
-    loss = loss_w.float().mean() - beta * log_ratio.mean()
+    loss = _wide(loss_w).mean() - beta * log_ratio.mean()
     metrics = pair_metrics(loss_w, loss_l)
     metrics["log_odds"] = log_odds.detach().mean()
     metrics["ratio_loss"] = -log_ratio.detach().mean()
@@ -98,26 +104,26 @@ def dpo_loss_and_metrics(
     beta: float = 5000.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``dpo_loss`` plus its metrics."""
-    diff = (loss_w.float() - ref_loss_w.float()) - (loss_l.float() - ref_loss_l.float())
+    diff = (_wide(loss_w) - _wide(ref_loss_w)) - (_wide(loss_l) - _wide(ref_loss_l))
     loss = -F.logsigmoid(-0.5 * beta * diff).mean()
     metrics = pair_metrics(loss_w, loss_l)
     # DPO's own notion of accuracy: the chosen image improved more than the rejected one
     # relative to the reference.
     metrics["reward_accuracy"] = (diff.detach() < 0).float().mean()
-    metrics["ref_loss_w"] = ref_loss_w.detach().float().mean()
-    metrics["ref_loss_l"] = ref_loss_l.detach().float().mean()
+    metrics["ref_loss_w"] = _wide(ref_loss_w.detach()).mean()
+    metrics["ref_loss_l"] = _wide(ref_loss_l.detach()).mean()
     return loss, metrics
 
 
 def sft_loss(loss_w: torch.Tensor) -> torch.Tensor:
     """Supervised fine-tuning on the chosen images only: mean(L_w)."""
-    return loss_w.float().mean()
+    return _wide(loss_w).mean()
 
 
 def pair_metrics(loss_w: torch.Tensor, loss_l: torch.Tensor) -> dict[str, torch.Tensor]:
     """Loss-independent metrics: mean L_w and L_l, margin mean(L_l - L_w) (positive is good),
     and implicit accuracy, the share of pairs with L_w < L_l."""
-    w, lo = loss_w.detach().float(), loss_l.detach().float()
+    w, lo = _wide(loss_w.detach()), _wide(loss_l.detach())
     return {
         "loss_w": w.mean(),
         "loss_l": lo.mean(),

@@ -32,7 +32,14 @@ def write_pairs(path: Path, n: int = 8, size: int = 64, seed: int = 0, ties: int
         if i < bad:
             a = b"not an image"
         rows.append(
-            {"caption": f"a cat number {i}", "jpg_0": a, "jpg_1": b, "label_0": label_0, "label_1": label_1, "pair": i}
+            {
+                "caption": f"a cat number {i}",
+                "jpg_0": a,
+                "jpg_1": b,
+                "label_0": label_0,
+                "label_1": label_1,
+                "pair": i,
+            }
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path)
