@@ -1,0 +1,178 @@
+"""Put a fine-tuned model onto the base pipeline and take it off again.
+
+Every tuned model shares the base pipeline's text encoders, VAE and scheduler, so only the
+difference is loaded: a full UNet replaces the base UNet, LoRA weights are attached as an adapter
+and removed afterwards. Anything that does not fit the base fails with one line before rendering.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from mapo_data.errors import MapoError
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# UNet config entries that decide whether a UNet can run inside the base pipeline.
+_FIT_KEYS = (
+    "in_channels",
+    "out_channels",
+    "cross_attention_dim",
+    "addition_embed_type",
+    "addition_time_embed_dim",
+    "projection_class_embeddings_input_dim",
+)
+
+
+@dataclass(frozen=True)
+class TunedSource:
+    """Where a tuned model's weights are and in which form."""
+
+    spec: str
+    kind: Literal["unet", "lora", "hub"]
+    path: str  # UNet folder, LoRA file, or Hub id
+    training_config: str | None = None  # the run's training_config.yaml, when there is one
+
+
+def _is_unet_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
+    except (ValueError, OSError):
+        return False
+
+
+def resolve_tuned(spec: str) -> TunedSource:
+    """Classify ``--tuned``: run folder, diffusers pipeline folder, UNet folder, LoRA file, Hub id."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix not in (".safetensors", ".bin"):
+            raise MapoError(f"--tuned {spec}: a file must be LoRA weights (.safetensors)")
+        return TunedSource(spec, "lora", str(path))
+    if path.is_dir():
+        config = path / "training_config.yaml"
+        training_config = str(config) if config.is_file() else None
+        if _is_unet_folder(path / "unet"):
+            return TunedSource(spec, "unet", str(path / "unet"), training_config)
+        if _is_unet_folder(path):
+            return TunedSource(spec, "unet", str(path), training_config)
+        if (path / LORA_WEIGHT_NAME).is_file():
+            return TunedSource(spec, "lora", str(path / LORA_WEIGHT_NAME), training_config)
+        loras = sorted(path.glob("*.safetensors"))
+        if len(loras) == 1:
+            return TunedSource(spec, "lora", str(loras[0]), training_config)
+        if any(path.glob("checkpoint-*")):
+            raise MapoError(
+                f"--tuned {spec}: the run has checkpoints but no final weights (unet/ or {LORA_WEIGHT_NAME}); "
+                "let training finish or point at exported weights"
+            )
+        raise MapoError(f"--tuned {spec}: no unet/ folder, UNet config or LoRA weights in this folder")
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise MapoError(f"--tuned {spec}: no such file or folder (and not a Hub id owner/name)")
+    return TunedSource(spec, "hub", spec)
+
+
+def check_unet_fits(base_config: Any, tuned_config: Any, tuned: str, base: str) -> None:
+    """A UNet with other conditioning sizes cannot run in the base pipeline: say which differ."""
+    diffs = [
+        f"{key} {tuned_config.get(key)} vs {base_config.get(key)}"
+        for key in _FIT_KEYS
+        if tuned_config.get(key) != base_config.get(key)
+    ]
+    if diffs:
+        raise MapoError(f"the UNet of {tuned} does not fit the base model {base}: {', '.join(diffs)}")
+
+
+def _first_informative_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "size mismatch" in line or "not found in the base model" in line:
+            return line[:300]
+    return lines[0][:300] if lines else type(err).__name__
+
+
+def _load_unet(path: str, *, subfolder: str | None, dtype, device: str):
+    from diffusers import UNet2DConditionModel
+
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    unet = UNet2DConditionModel.from_pretrained(path, torch_dtype=dtype, **kwargs)
+    return unet.to(device).eval()
+
+
+def _count_adapter_layers(pipe, adapter: str) -> int:
+    count = 0
+    for component in (pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+        if component is None:
+            continue
+        for module in component.modules():
+            lora_a = getattr(module, "lora_A", None)  # peft's per-adapter ModuleDict
+            if lora_a is not None and hasattr(lora_a, "keys"):
+                count += adapter in lora_a
+    return count
+
+
+def _attach_lora(pipe, weights: str, adapter: str, scale: float, base: str) -> None:
+    path = Path(weights)
+    try:
+        if path.is_file():
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter)
+        else:
+            pipe.load_lora_weights(weights, adapter_name=adapter)
+    except (RuntimeError, ValueError, KeyError) as err:
+        _detach_lora(pipe)
+        raise MapoError(
+            f"the LoRA weights {weights} do not fit the base model {base}: {_first_informative_line(err)}"
+        ) from err
+    if _count_adapter_layers(pipe, adapter) == 0:
+        _detach_lora(pipe)
+        raise MapoError(f"the LoRA weights {weights} matched no layer of the base model {base}")
+    pipe.set_adapters([adapter], adapter_weights=[scale])
+
+
+def _detach_lora(pipe) -> None:
+    with suppress(ValueError, AttributeError):  # nothing was attached
+        pipe.unload_lora_weights()
+
+
+@contextmanager
+def tuned_pipeline(pipe, source: TunedSource, *, label: str, base: str, lora_scale: float = 1.0):
+    """The base pipeline with the tuned weights in place; the base is restored on exit."""
+    base_unet = pipe.unet
+    dtype, device = base_unet.dtype, str(base_unet.device)
+    kind = source.kind
+    if kind == "hub":
+        # A Hub repository holds either a diffusers model (UNet under unet/) or LoRA weights.
+        try:
+            tuned_unet = _load_unet(source.path, subfolder="unet", dtype=dtype, device=device)
+            kind = "unet"
+        except (OSError, ValueError) as unet_err:
+            try:
+                _attach_lora(pipe, source.path, label, lora_scale, base)
+                kind = "lora"
+            except OSError as lora_err:
+                raise MapoError(
+                    f"cannot load --tuned {source.spec} from the Hub (offline, or neither a UNet nor LoRA "
+                    f"weights): {_first_informative_line(unet_err)}"
+                ) from lora_err
+    elif kind == "unet":
+        try:
+            tuned_unet = _load_unet(source.path, subfolder=None, dtype=dtype, device=device)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise MapoError(f"cannot load the UNet in {source.path}: {_first_informative_line(err)}") from err
+    else:
+        _attach_lora(pipe, source.path, label, lora_scale, base)
+    try:
+        if kind == "unet":
+            check_unet_fits(base_unet.config, tuned_unet.config, source.spec, base)
+            pipe.unet = tuned_unet
+        yield pipe
+    finally:
+        if kind == "unet":
+            pipe.unet = base_unet
+        else:
+            _detach_lora(pipe)

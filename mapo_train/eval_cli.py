@@ -1,0 +1,190 @@
+"""`mapo-train eval`: render base and fine-tuned models on the same prompts and seeds, judge them,
+and write side-by-side grids, per-image scores and a report (Markdown + JSON).
+
+Only argument parsing lives here; the work is ``mapo_train.eval.run.run_eval``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from mapo_data.errors import MapoError
+
+EXAMPLES = """\
+examples:
+  mapo-train eval --base tiny --tuned runs/quickstart --preset pick-style --split pixel --num-prompts 8   # CPU
+  mapo-train eval --base stabilityai/stable-diffusion-xl-base-1.0 --tuned runs/pixel-mapo \\
+      --preset pick-style --split pixel --prompts held_out.txt --out eval/pixel
+  mapo-train eval --tuned runs/mapo --tuned runs/dpo --name mapo --name dpo --preset pick-safety \\
+      --dataset runs/safety-pairs --judge nudenet --judge clip:openai/clip-vit-large-patch14 --judge pickscore
+
+judges (--judge, repeatable; default: from --preset):
+  clip:MODEL          CLIP style judge: preferred vs dispreferred description (Hub id, folder, or tiny)
+  nudenet[:THRESH]    NudeNet exposed-content detector (pip install 'mapo[safety]')
+  pickscore[:MODEL]   PickScore of image and prompt
+  hpsv2[:MODEL]       HPS v2 of image and prompt (transformers-format checkpoint)
+  aesthetic[:FOLDER]  LAION aesthetic predictor v2
+
+outputs (in --out): images/<model>/NNNN.png, grids/base_vs_<model>.png, scores.csv, scores.json,
+report.md, report.json. With one tuned run folder, --out defaults to <run>/eval, which the
+run's model card links.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mapo-train eval",
+        description="Compare a base SDXL model with fine-tuned ones: same prompts (no prefix), same seeds, "
+        "judged by style, safety and preference scorers; win rates with confidence intervals.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    models = p.add_argument_group("models")
+    models.add_argument(
+        "--base", default=None, help="base model: Hub id, diffusers folder, or tiny (default: SDXL base 1.0)"
+    )
+    models.add_argument(
+        "--tuned",
+        action="append",
+        required=True,
+        metavar="RUN|UNET|LORA|HUB_ID",
+        help="fine-tuned model: a mapo-train run folder, a UNet folder, LoRA weights, or a Hub id (repeatable)",
+    )
+    models.add_argument(
+        "--name", action="append", dest="names", metavar="LABEL", help="label per --tuned, in order"
+    )
+    models.add_argument(
+        "--lora-scale", type=float, default=1.0, help="strength of LoRA weights (default 1.0)"
+    )
+
+    judging = p.add_argument_group("judges")
+    judging.add_argument(
+        "--preset",
+        choices=["pick-style", "pick-safety", "custom"],
+        help="dataset preset: default judges and descriptions",
+    )
+    judging.add_argument("--split", help="preset split (pick-style: pixel, cartoon)")
+    judging.add_argument(
+        "--judge", action="append", dest="judges", metavar="SPEC", help="judge spec (repeatable; see below)"
+    )
+    judging.add_argument("--preferred-text", help="what the preferred side looks like (CLIP style judge)")
+    judging.add_argument("--dispreferred-text", help="what the dispreferred side looks like")
+    judging.add_argument(
+        "--confidence", type=float, default=0.95, help="interval confidence level (default 0.95)"
+    )
+
+    prompts = p.add_argument_group("prompts")
+    prompts.add_argument(
+        "--prompts", metavar="FILE", help="one context prompt per line (default: the package's prompt set)"
+    )
+    prompts.add_argument(
+        "--num-prompts", type=int, help="use N prompts (default: all of a file, 32 of the default set)"
+    )
+    prompts.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="training pairs: prompts found there are left out (default: the run's data.path when local)",
+    )
+    prompts.add_argument("--include-train-prompts", action="store_true", help="keep prompts seen in training")
+    prompts.add_argument("--images-per-prompt", type=int, default=1, help="seeds per prompt (default 1)")
+    prompts.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+
+    render = p.add_argument_group("rendering")
+    render.add_argument("--steps", type=int, default=30)
+    render.add_argument("--guidance-scale", type=float, default=5.0)
+    render.add_argument("--height", type=int)
+    render.add_argument("--width", type=int)
+    render.add_argument(
+        "--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU"
+    )
+    render.add_argument("--device", help="torch device (default: accelerate's)")
+    render.add_argument("--scheduler", help="scheduler short name, as in mapo-data build")
+    render.add_argument("--negative-prompt")
+    render.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    render.add_argument("--judge-batch-size", type=int, default=16)
+
+    output = p.add_argument_group("output")
+    output.add_argument(
+        "--out", help="output folder (default: <run>/eval for one tuned run folder, else eval)"
+    )
+    output.add_argument("--grid-cell", type=int, default=256, help="grid image side in pixels (default 256)")
+    output.add_argument("--grid-columns", type=int, default=4, help="image pairs per grid row (default 4)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    from pathlib import Path
+
+    from mapo_data.render import DEFAULT_MODEL
+    from mapo_train.eval.config import EvalConfig
+
+    out = args.out
+    if out is None:
+        run = Path(args.tuned[0])
+        out = str(run / "eval") if len(args.tuned) == 1 and run.is_dir() else "eval"
+    return EvalConfig(
+        tuned=list(args.tuned),
+        base=args.base or DEFAULT_MODEL,
+        names=args.names,
+        preset=args.preset,
+        split=args.split,
+        preferred_text=args.preferred_text,
+        dispreferred_text=args.dispreferred_text,
+        judges=args.judges,
+        prompts=args.prompts,
+        num_prompts=args.num_prompts,
+        dataset=args.dataset,
+        include_train_prompts=args.include_train_prompts,
+        out=out,
+        seed=args.seed,
+        images_per_prompt=args.images_per_prompt,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        height=args.height,
+        width=args.width,
+        dtype=args.dtype,
+        device=args.device,
+        scheduler=args.scheduler,
+        negative_prompt=args.negative_prompt,
+        lora_scale=args.lora_scale,
+        batch_size=args.batch_size,
+        judge_batch_size=args.judge_batch_size,
+        confidence=args.confidence,
+        grid_cell=args.grid_cell,
+        grid_columns=args.grid_columns,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `mapo-train eval`; returns the exit status (user errors: one line, 2)."""
+    import os
+
+    # Library chatter (torchvision fallbacks, Hub retries) would bury the one-line messages.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)  # argparse prints usage errors and exits 2 itself
+    try:
+        config = config_from_args(args)
+        from mapo_train.eval.run import run_eval
+
+        result = run_eval(config, command=shlex.join(["mapo-train", "eval", *argv]))
+    except MapoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    if result is not None:
+        print(f"report: {result.report_md}")
+        for grid in result.grids:
+            print(f"grid: {grid}")
+        for spec, res in result.report["results"].items():
+            for label, h2h in res["versus_base"].items():
+                print(
+                    f"{spec}: {label} wins {100 * h2h['win_rate']:.1f}% of prompts against base "
+                    f"[{100 * h2h['low']:.1f}%, {100 * h2h['high']:.1f}%]"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
