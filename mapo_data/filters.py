@@ -199,47 +199,96 @@ class NearIdenticalFilter(PairFilter):
         return drop("near_identical") if distance <= self.max_distance else KEEP
 
 
+class HashIndex:
+    """64-bit hashes searchable by Hamming distance <= d without comparing against every hash.
+
+    Multi-index hashing: split each hash into d + 1 chunks; by pigeonhole, two hashes within
+    distance d agree exactly on at least one chunk, so only hashes sharing a chunk are compared.
+    """
+
+    def __init__(self, max_distance: int):
+        self.max_distance = max_distance
+        chunks = max_distance + 1
+        widths = [64 // chunks + (1 if i < 64 % chunks else 0) for i in range(chunks)]
+        self._chunks = []
+        shift = 0
+        for width in widths:
+            self._chunks.append((shift, (1 << width) - 1))
+            shift += width
+        self._buckets: dict[tuple[int, int], list[int]] = {}
+
+    def _keys(self, h: int):
+        return [(i, (h >> shift) & mask) for i, (shift, mask) in enumerate(self._chunks)]
+
+    def add(self, h: int) -> None:
+        for key in self._keys(h):
+            self._buckets.setdefault(key, []).append(h)
+
+    def near(self, h: int) -> bool:
+        for key in self._keys(h):
+            for other in self._buckets.get(key, ()):
+                if (other ^ h).bit_count() <= self.max_distance:
+                    return True
+        return False
+
+
 class DuplicateImageFilter(PairFilter):
     """An image already seen in a kept pair: duplicates over-weight one example.
 
     ``pixels`` matches identical decoded pixels (safe: never a false positive); ``phash`` matches
-    equal perceptual hashes, which also catches re-encoded or resized copies.
+    perceptual hashes within ``max_distance`` bits, which also catches re-encoded or resized copies.
     """
 
     name = "duplicate_image"
     reasons = ("duplicate_image",)
     stateful = True
 
-    def __init__(self, mode: str = "pixels"):
+    def __init__(self, mode: str = "pixels", max_distance: int = 4):
         if mode not in ("pixels", "phash"):
             raise MapoError(f"--dedup must be pixels, phash or off, not {mode!r}")
         self.mode = mode
+        self.max_distance = int(max_distance)
         self.seen: set[str] = set()
+        self.index = HashIndex(self.max_distance)
         self._new: list[str] = []
 
     def settings(self):
-        return {"mode": self.mode}
+        return {
+            "mode": self.mode,
+            **({"max_phash_distance": self.max_distance} if self.mode == "phash" else {}),
+        }
 
     def _keys(self, pair: Candidate) -> list[str]:
         if self.mode == "pixels":
             return [pair.pixel_key(side) for side in SIDES]
         return [str(pair.phash(side)) for side in SIDES]
 
+    def _seen(self, key: str) -> bool:
+        return self.index.near(int(key, 16)) if self.mode == "phash" else key in self.seen
+
+    def _remember(self, key: str) -> None:
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        if self.mode == "phash":
+            self.index.add(int(key, 16))
+
     def check(self, pair):
-        return drop("duplicate_image") if any(k in self.seen for k in self._keys(pair)) else KEEP
+        return drop("duplicate_image") if any(self._seen(k) for k in self._keys(pair)) else KEEP
 
     def on_keep(self, pair):
         for key in self._keys(pair):
             if key not in self.seen:
-                self.seen.add(key)
                 self._new.append(key)
+            self._remember(key)
 
     def export_state(self):
         new, self._new = self._new, []
         return new
 
     def import_state(self, state):
-        self.seen.update(state or [])
+        for key in state or []:
+            self._remember(key)
 
 
 def normalise_caption(caption: str) -> str:

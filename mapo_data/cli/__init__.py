@@ -20,6 +20,7 @@ from mapo_data.cli import build as _build  # noqa: F401,E402  isort: skip
 from mapo_data.cli import prompts as _prompts  # noqa: F401,E402  isort: skip
 from mapo_data.cli import curate as _curate  # noqa: F401,E402  isort: skip
 from mapo_data.cli import inspect as _inspect  # noqa: F401,E402  isort: skip
+from mapo_data.cli import publish as _publish  # noqa: F401,E402  isort: skip
 
 
 def main(argv: list[str] | None = None) -> None:

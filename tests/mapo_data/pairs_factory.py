@@ -168,3 +168,46 @@ def write_pickapic_parquet(path: Path, pairs: list[Pair]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_parquet(path, index=False)
     return path
+
+
+def rewrite_shard(root: Path, index: int, edit) -> None:
+    """Replace shard ``index`` with ``edit(table)`` and update the manifest to match (a consistent
+    dataset whose rows carry a planted defect)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["shards"][index]
+    table = edit(pq.read_table(root / entry["path"]))
+    info = DatasetWriter(root).write_shard(index, table)
+    manifest["shards"][index] = {
+        "path": info.path,
+        "rows": info.rows,
+        "bytes": info.bytes,
+        "sha256": info.sha256,
+    }
+    manifest["num_pairs"] = sum(s["rows"] for s in manifest["shards"])
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run `mapo-data` in-process through its real entry point; return (exit code, stdout, stderr)."""
+    from mapo_data.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, out: str, err: str, contains: str = "") -> None:
+    assert code != 0
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert contains in lines[0], lines[0]
