@@ -219,7 +219,8 @@ def _check_out(config: CurateConfig, ds: PairDataset) -> None:
     out = config.out.resolve()
     if out == ds.root or any(out == s.path or out in s.path.parents for s in ds.shards):
         raise MapoError(f"--out {config.out} would overwrite the input; choose a new folder")
-    if ds.root in out.parents and ds.manifest is None:
+    globbed = ds.manifest is None and len(config.inputs) == 1 and config.inputs[0].is_dir()
+    if globbed and ds.root in out.parents:
         # A manifest-less input folder is read by globbing, which would pick up OUT's shards next time.
         raise MapoError(f"--out {config.out} is inside the input folder; choose a folder outside it")
     if out.exists() and not out.is_dir():

@@ -1,0 +1,232 @@
+"""`mapo-data curate` end to end: counts per reason, IN untouched, OUT complete or not at all, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mapo_data.verify import verify_dataset
+from tests.mapo_data.pairs_factory import (
+    Pair,
+    assert_one_line_error,
+    black,
+    encode,
+    good_pairs,
+    noise,
+    run_cli,
+    write_mapo_dataset,
+    write_pickapic_parquet,
+)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def mixed_pairs() -> list[Pair]:
+    """Four good pairs and one of each defect, spread over shards of 4."""
+    pairs = good_pairs(4)
+    pairs += [
+        Pair("a black frame", encode(black()), encode(noise(500))),  # blank
+        Pair("no change", encode(noise(501)), encode(noise(501))),  # near-identical
+        Pair("broken", b"garbage bytes", encode(noise(502))),  # undecodable
+        Pair("copy", pairs[0].chosen, encode(noise(503))),  # duplicate of pair 0's chosen image
+        Pair(
+            "A photo of thing number 1", encode(noise(504)), encode(noise(505)), chosen_pos=1
+        ),  # 2nd of caption
+    ]
+    return pairs
+
+
+def test_curate_counts_reasons_and_writes_a_complete_dataset(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", mixed_pairs(), shard_size=4)
+    before = tree_digest(src)
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli(
+        capsys, "curate", str(src), "--out", str(out), "--max-per-caption", "1", "--no-progress"
+    )
+    assert code == 0, stdout
+    assert "kept 4 of 9 pairs" in stdout
+    assert tree_digest(src) == before  # IN never edited
+
+    report = json.loads((out / "curation_report.json").read_text())
+    assert report["dropped"] == {
+        "tie": 0,
+        "undecodable": 1,
+        "blank": 1,
+        "near_identical": 1,
+        "duplicate_image": 1,
+        "caption_cap": 1,
+    }
+    assert report["kept"] == 4 and report["filters"]["blank"] == {"min_std": 4.0}
+    md = (out / "curation_report.md").read_text()
+    assert "| near_identical | 1 | 11.1% |" in md and "min_std=4.0" in md
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_pairs"] == 4 and len(manifest["shards"]) == 3  # one output shard per input shard
+    assert [p["step"] for p in manifest["provenance"]] == ["build", "curate"]
+    assert manifest["provenance"][1]["settings"]["caption_cap"] == {"max_per_caption": 1}
+    assert manifest["preset"]["name"] == "pick-style" and manifest["config"]["steps"] == 4
+    assert verify_dataset(out).ok
+    captions = [
+        c for s in manifest["shards"] for c in pq.read_table(out / s["path"]).column("caption").to_pylist()
+    ]
+    assert captions == [f"a photo of thing number {i}" for i in range(4)]
+
+
+def test_pickapic_input_ties_and_float_labels(tmp_path, capsys):
+    pairs = good_pairs(4)
+    pairs[1].chosen_pos = 1
+    pairs[2].tie = True
+    src = write_pickapic_parquet(tmp_path / "pap.parquet", pairs)
+    code, stdout, _ = run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "drop"), "--no-progress")
+    assert code == 0 and "kept 3 of 4" in stdout and "ties seen: 1" in stdout
+    table = pq.read_table(tmp_path / "drop" / "data" / "train-00000.parquet")
+    assert table.column("label_0").to_pylist() == [1.0, 0.0, 1.0]  # labels and positions as they were
+    assert "ranking_id" in table.column_names  # extra source columns are carried
+    manifest = json.loads((tmp_path / "drop" / "manifest.json").read_text())
+    assert manifest["source"]["paths"] == [str(src)] and manifest["provenance"][0]["step"] == "curate"
+
+    code, stdout, _ = run_cli(
+        capsys, "curate", str(src), "--out", str(tmp_path / "keep"), "--ties", "keep", "--no-progress"
+    )
+    assert code == 0 and "kept 4 of 4" in stdout
+
+
+def test_rerun_skips_completed_shards_and_remembers_state(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", mixed_pairs(), shard_size=4)
+    out = tmp_path / "out"
+    args = ["curate", str(src), "--out", str(out), "--max-per-caption", "1", "--no-progress"]
+    assert run_cli(capsys, *args)[0] == 0
+    complete = tree_digest(out)
+
+    # Same settings: nothing redone.
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "3 shards already done" in stdout
+
+    # As after a crash in shard 1: its output and marker are gone, and so is the manifest. The rerun
+    # must still drop pair 7 as a duplicate of an image kept in shard 0 (state restored from disk).
+    (out / "data" / "train-00001.parquet").unlink()
+    (out / ".mapo" / "completions" / "00001.json").unlink()
+    (out / "manifest.json").unlink()
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "2 shards already done" in stdout and "duplicate_image 1" in stdout
+    again = tree_digest(out)
+    volatile = {"manifest.json", "curation_report.json", ".mapo/completions/00001.json"}  # timestamps
+    assert {k: v for k, v in again.items() if k not in volatile} == {
+        k: v for k, v in complete.items() if k not in volatile
+    }
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    assert run_cli(capsys, "curate", str(src), "--out", str(out), "--no-progress")[0] == 0
+    code, stdout, err = run_cli(
+        capsys, "curate", str(src), "--out", str(out), "--min-std", "9", "--dedup", "phash"
+    )
+    differing = (
+        "filters.blank.min_std, filters.duplicate_image.max_phash_distance, filters.duplicate_image.mode"
+    )
+    assert_one_line_error(code, stdout, err, differing)
+    assert (out / "manifest.json").exists()  # a refused rerun leaves the finished output alone
+    code, stdout, _ = run_cli(
+        capsys, "curate", str(src), "--out", str(out), "--min-std", "9", "--overwrite", "--no-progress"
+    )
+    assert code == 0
+    assert json.loads((out / "curation_report.json").read_text())["filters"]["blank"]["min_std"] == 9.0
+
+
+def test_bad_inputs_are_one_line_errors_and_leave_no_complete_out(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", 8, shard_size=4)
+    assert_one_line_error(*run_cli(capsys, "curate", str(src), "--out", str(src)), "overwrite the input")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "junk")), "not a curate output"
+    )
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(tmp_path / "junk"), "--out", str(tmp_path / "o")),
+        "not a dataset folder",
+    )
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o1"), "--judge", "clipp:tiny"),
+        "unknown judge",
+    )
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o2"), "--judge", "clip:/no/such/model"),
+        "cannot load",
+    )
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+    # Shard 1's first page header is damaged (footer intact, so opening works): curate fails
+    # mid-run and OUT has no manifest.
+    shard = src / "data" / "train-00001.parquet"
+    data = bytearray(shard.read_bytes())
+    for i in range(4, 60):
+        data[i] = 0x55
+    shard.write_bytes(bytes(data))
+    out = tmp_path / "half"
+    code, stdout, err = run_cli(capsys, "curate", str(src), "--out", str(out), "--no-progress")
+    assert_one_line_error(code, stdout, err, "train-00001.parquet")
+    assert (out / "data" / "train-00000.parquet").exists() and not (out / "manifest.json").exists()
+    assert not list((out / "data").glob(".*.tmp"))
+
+
+def test_clip_judge_scores_go_into_the_output(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", 6, shard_size=3)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys,
+        "curate",
+        str(src),
+        "--out",
+        str(out),
+        "--judge",
+        "clip:tiny",
+        "--judge-margin",
+        "1",
+        "--no-progress",
+    )
+    assert code == 0, err
+    assert "kept 6 of 6" in stdout  # margin 1: the judge may never drop
+    table = pq.read_table(out / "data" / "train-00000.parquet")
+    chosen = table.column("judge_chosen_pref_prob").to_pylist()
+    rejected = table.column("judge_rejected_pref_prob").to_pylist()
+    assert len(chosen) == 3 and all(0 <= p <= 1 for p in chosen + rejected)
+    report = json.loads((out / "curation_report.json").read_text())
+    # pick-style/pixel: the judge's side descriptions come from the preset.
+    assert report["filters"]["judge"]["preferred"] == "pixel art style image"
+    assert report["columns_added"] == ["judge_chosen_pref_prob", "judge_rejected_pref_prob"]
+    assert verify_dataset(out).ok
+
+    # Margin -1: every pair disagrees "by more than the margin"; re-thresholding is a choice of margin.
+    code, stdout, _ = run_cli(
+        capsys,
+        "curate",
+        str(src),
+        "--out",
+        str(tmp_path / "strict"),
+        "--judge",
+        "clip:tiny",
+        "--judge-margin",
+        "-1",
+        "--no-progress",
+    )
+    assert code == 0 and "kept 0 of 6" in stdout and "judge_disagrees 6" in stdout
+
+
+def test_judge_on_input_without_preset_needs_descriptions(tmp_path, capsys):
+    src = write_pickapic_parquet(tmp_path / "pap.parquet", good_pairs(2))
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o"), "--judge", "clip:tiny"),
+        "--judge-preferred",
+    )
