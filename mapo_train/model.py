@@ -141,7 +141,15 @@ def make_reference_unet(unet, dtype: torch.dtype, device) -> Any:
     ref = copy.deepcopy(unet)
     ref.requires_grad_(False)
     ref.eval()
-    return ref.to(device=device, dtype=dtype)
+    place(ref, device, dtype)
+    return ref
+
+
+def place(module, device, dtype: torch.dtype) -> None:
+    """Move a module, casting only when needed (diffusers warns on every cast, even a no-op one)."""
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype=dtype)
+    module.to(device)
 
 
 @contextlib.contextmanager

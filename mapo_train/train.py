@@ -38,6 +38,7 @@ from mapo_train.model import (
     load_adamw8bit,
     load_components,
     make_reference_unet,
+    place,
     save_weights,
     trainable_parameters,
     vae_dtype,
@@ -160,7 +161,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if cfg.model.finetune == "lora":
         add_lora(unet, cfg)
         # The frozen base can live in the low-precision dtype; the adapters train in fp32.
-        unet.to(device, dtype=weight_dtype)
+        place(unet, device, weight_dtype)
         for p in trainable_parameters(unet):
             p.data = p.data.float()
     else:
@@ -168,9 +169,9 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         unet.train()
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    _place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
-    _place(components.text_encoder, device, weight_dtype)
-    _place(components.text_encoder_2, device, weight_dtype)
+    place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
+    place(components.text_encoder, device, weight_dtype)
+    place(components.text_encoder_2, device, weight_dtype)
 
     reference = None
     loss_spec = get_loss(cfg.loss.name)
@@ -228,13 +229,6 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         (out / CONFIG_FILE).write_text(dump_config(cfg))
     accelerator.init_trackers("mapo-train", config=_tracker_config(cfg))
     return run
-
-
-def _place(module, device, dtype: torch.dtype) -> None:
-    # Casting only when needed: diffusers warns on every dtype cast, even a no-op one.
-    if next(module.parameters()).dtype != dtype:
-        module.to(dtype=dtype)
-    module.to(device)
 
 
 def _reconcile_launch_settings(accelerator, cfg: RunConfig) -> None:
