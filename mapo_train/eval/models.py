@@ -152,13 +152,16 @@ def tuned_pipeline(pipe, source: TunedSource, *, label: str, base: str, lora_sca
             kind = "unet"
         except (OSError, ValueError) as unet_err:
             try:
-                _attach_lora(pipe, source.path, label, lora_scale, base)
-                kind = "lora"
-            except OSError as lora_err:
+                from huggingface_hub import hf_hub_download
+
+                weights = hf_hub_download(source.path, LORA_WEIGHT_NAME)
+            except Exception as lora_err:  # any Hub failure means the same here: not loadable
                 raise MapoError(
-                    f"cannot load --tuned {source.spec} from the Hub (offline, or neither a UNet nor LoRA "
-                    f"weights): {_first_informative_line(unet_err)}"
+                    f"cannot load --tuned {source.spec} from the Hub (offline, or neither unet/ nor "
+                    f"{LORA_WEIGHT_NAME} in it): {_first_informative_line(unet_err)}"
                 ) from lora_err
+            _attach_lora(pipe, weights, label, lora_scale, base)
+            kind = "lora"
     elif kind == "unet":
         try:
             tuned_unet = _load_unet(source.path, subfolder=None, dtype=dtype, device=device)
