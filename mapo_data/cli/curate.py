@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 
 from mapo_data.cli.app import app
+
+# Options that change how a run looks, not what it produces: left out of the recorded command.
+_COSMETIC = {"progress"}
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command as it would be retyped: arguments plus every option not at its default.
+
+    Rebuilt from the parsed parameters rather than taken from sys.argv, which holds the caller's
+    argv when the CLI runs in-process (tests, notebooks)."""
+    parts = ["mapo-data", ctx.info_name or "curate"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        # typer vendors its own click, so parameters are told apart by kind, not by class.
+        if param.param_type_name == "argument":
+            parts += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif param.name not in _COSMETIC and value != param.default and param.param_type_name == "option":
+            if getattr(param, "is_flag", False):
+                names = param.opts if value else param.secondary_opts
+                parts += names[:1]
+            else:
+                parts += [max(param.opts, key=len), str(value)]
+    return shlex.join(parts)
 
 
 @app.command(
@@ -17,6 +42,7 @@ from mapo_data.cli.app import app
     )
 )
 def curate(
+    ctx: typer.Context,
     inputs: list[str] = typer.Argument(..., help="A dataset folder, or Pick-a-Pic-format parquet files."),
     out: str = typer.Option(..., "--out", "-o", help="New output folder (never the input)."),
     ties: str = typer.Option("drop", help="Tied pairs (0.5/0.5): keep or drop. Reported either way."),
@@ -79,6 +105,7 @@ def curate(
         batch_size=batch_size,
         overwrite=overwrite,
         progress=progress,
+        command=command_line(ctx),
     )
     result = run_curate(config)
     report = result.report

@@ -73,6 +73,7 @@ def test_curate_counts_reasons_and_writes_a_complete_dataset(tmp_path, capsys):
     assert manifest["num_pairs"] == 4 and len(manifest["shards"]) == 3  # one output shard per input shard
     assert [p["step"] for p in manifest["provenance"]] == ["build", "curate"]
     assert manifest["provenance"][1]["settings"]["caption_cap"] == {"max_per_caption": 1}
+    assert manifest["provenance"][1]["command"] == f"mapo-data curate {src} --out {out} --max-per-caption 1"
     assert manifest["preset"]["name"] == "pick-style" and manifest["config"]["steps"] == 4
     assert verify_dataset(out).ok
     captions = [

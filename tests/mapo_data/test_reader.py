@@ -98,3 +98,9 @@ def test_missing_pair_columns(tmp_path, capsys):
     path = tmp_path / "x.parquet"
     pd.DataFrame({"caption": ["a"], "jpg_0": [encode(noise(1))]}).to_parquet(path)
     assert_one_line_error(*run_cli(capsys, "stats", str(path)), "missing column(s) jpg_1, label_0, label_1")
+
+
+@pytest.mark.parametrize("command", ["curate", "verify", "preview", "stats", "card", "push"])
+def test_every_command_has_help_with_an_example(command, capsys):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and f"Example: mapo-data {command} " in out
