@@ -232,9 +232,12 @@ def run_eval(
 ) -> EvalResult | None:
     """Run the evaluation; the main process returns the result, other processes None."""
     from accelerate import PartialState
+    from transformers.utils import logging as transformers_logging
 
     from mapo_data.judges import load_judge
 
+    # Per-weight loading bars of every judge would bury the run's own progress lines.
+    transformers_logging.disable_progress_bar()
     state = PartialState()
     device = config.device or str(state.device)
     out = Path(config.out)
