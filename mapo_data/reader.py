@@ -165,6 +165,11 @@ def open_dataset(paths: str | Path | list[str | Path], check: bool = True) -> Pa
         if (root / MANIFEST_NAME).exists():
             manifest = load_manifest(root)
             ds = PairDataset(root=root, shards=manifest_shards(root, manifest), manifest=manifest)
+        elif (root / STATE_DIR).is_dir():
+            # Our own tools write the manifest last: state without a manifest is an unfinished run.
+            raise DatasetError(
+                f"{root}: an unfinished build/curate run (no {MANIFEST_NAME} yet); rerun it to complete the folder"
+            )
         else:
             files = discover_parquet(root)
             if not files:

@@ -75,6 +75,13 @@ def test_manifest_that_does_not_match_the_shards(tmp_path, capsys):
     assert_one_line_error(*run_cli(capsys, "stats", str(root)), "not valid JSON")
 
 
+def test_unfinished_run_is_not_read_as_a_dataset(tmp_path, capsys):
+    root = write_mapo_dataset(tmp_path / "ds", 4, shard_size=2)
+    (root / "manifest.json").unlink()  # as while build or curate is still writing
+    assert_one_line_error(*run_cli(capsys, "stats", str(root)), "unfinished")
+    assert_one_line_error(*run_cli(capsys, "curate", str(root), "--out", str(tmp_path / "o")), "unfinished")
+
+
 def test_corrupt_and_truncated_parquet(tmp_path, capsys):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"this is not parquet at all")
