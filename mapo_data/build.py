@@ -267,7 +267,7 @@ def run_build(
     from mapo_data.render import load_pipeline, model_fingerprint, render_images
 
     started = time.perf_counter()
-    state = PartialState()
+    state = PartialState(cpu=_wants_cpu(config.render.device))
     out = Path(config.out)
     _check_out_folder(out, config, state.is_main_process)
     pairs, prompt_info = prepare_prompts(config)
@@ -345,6 +345,13 @@ def run_build(
         }
         writer.write_manifest(manifest)
     return _result(out, writer, num_shards, started, rendered, skipped)
+
+
+def _wants_cpu(device: str | None) -> bool:
+    """Processes launched without an accelerator must join a gloo group rather than run alone."""
+    import torch
+
+    return (device or "").startswith("cpu") or not torch.cuda.is_available()
 
 
 def _shard_pairs(pairs: list[PairSpec], index: int, shard_size: int) -> list[PairSpec]:

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     from mapo_data.errors import MapoError
 
     try:
-        app(args=argv, prog_name="mapo-data", standalone_mode=False)
+        code = app(args=argv, prog_name="mapo-data", standalone_mode=False)
     except MapoError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
@@ -43,3 +43,6 @@ def main(argv: list[str] | None = None) -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    # Without standalone mode click returns a command's `typer.Exit(code)` instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)
