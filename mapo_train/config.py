@@ -130,6 +130,8 @@ class TrainConfig:
     """Recompute UNet activations in the backward pass to save memory."""
     allow_tf32: bool = True
     """Allow TF32 matmuls on Ampere and newer GPUs."""
+    cpu_threads: int | None = None
+    """Torch threads when training on the CPU; empty means torch's default. Small models train faster on 1."""
     ema: bool = False
     """Keep an exponential moving average of the trained weights and save it as the result."""
     ema_decay: float = 0.9999
@@ -246,6 +248,8 @@ class RunConfig:
             )
         if t.max_grad_norm < 0:
             raise ConfigError("train.max_grad_norm must be 0 (off) or positive")
+        if t.cpu_threads is not None and t.cpu_threads < 1:
+            raise ConfigError("train.cpu_threads must be at least 1 (or empty for torch's default)")
         if t.checkpoint_every < 0:
             raise ConfigError("train.checkpoint_every must be 0 (never) or positive")
         if t.checkpoints_keep < 1:

@@ -145,6 +145,10 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     accelerator = make_accelerator(cfg, out)
     _reconcile_launch_settings(accelerator, cfg)
     mixed_precision = accelerator.mixed_precision
+    if t.cpu_threads is not None and accelerator.device.type == "cpu":
+        # A tiny model's ops are too small to share among threads, and on a busy machine a
+        # thread waiting for a core stalls every op.
+        torch.set_num_threads(t.cpu_threads)
     if t.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

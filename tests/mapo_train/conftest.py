@@ -53,8 +53,15 @@ def pairs_parquet(tmp_path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
-    """accelerate keeps process-wide singletons; each test starts from a clean one."""
+    """accelerate keeps process-wide singletons; each test starts from a clean one. Torch runs on
+    one thread: the tiny model's ops are too small to gain from more, and on a shared 2-core
+    machine a second thread that has to wait for a core makes every op many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)

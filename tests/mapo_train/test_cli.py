@@ -1,0 +1,143 @@
+"""The command line: usage, one-line errors with exit 2 and no traceback, subcommand dispatch,
+and a real run of the quickstart recipe through `python -m mapo_train`."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mapo_train import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "recipes" / "train" / "quickstart-tiny.yaml"
+
+
+def run_main(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+def assert_one_line_error(code, err, fragment):
+    assert code == 2
+    assert err.startswith("error: ") and fragment in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_help_shows_usage_and_examples(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0
+    assert "usage: mapo-train" in out and "--recipe" in out and "--resume" in out
+    assert "recipes/train/quickstart-tiny.yaml" in out and "accelerate launch" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        ([], "give a recipe"),
+        (["--recipe", "nope.yaml"], "recipe nope.yaml does not exist"),
+        (["--recipe", str(QUICKSTART), "train.lerning_rate=1"], "unknown key train.lerning_rate"),
+        (["--recipe", str(QUICKSTART), "model.finetune=full", "lora.rank=4"], "lora.rank is set"),
+        (["--recipe", str(QUICKSTART), "train.max_steps=many"], "train.max_steps: expected int"),
+    ],
+)
+def test_user_errors_are_one_line(argv, fragment, capsys):
+    code, _, err = run_main(argv, capsys)
+    assert_one_line_error(code, err, fragment)
+
+
+def test_print_config_and_keys(capsys):
+    code, out, _ = run_main(["--recipe", str(QUICKSTART), "train.max_steps=7", "--print-config"], capsys)
+    assert code == 0 and yaml.safe_load(out)["train"]["max_steps"] == 7
+    code, out, _ = run_main(["--keys"], capsys)
+    assert code == 0 and "train.learning_rate (float, default 1e-05)" in out and "Peak learning rate." in out
+
+
+def test_missing_data_and_resume_errors(tmp_path, capsys):
+    base = ["--recipe", str(QUICKSTART), f"train.output_dir={tmp_path / 'out'}", "train.report_to=none"]
+    code, _, err = run_main([*base, f"data.path={tmp_path / 'missing'}"], capsys)
+    assert_one_line_error(code, err, "does not exist")
+    code, _, err = run_main([*base, "--resume", "latest"], capsys)
+    assert_one_line_error(code, err, "no checkpoint in")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path, capsys):
+    argv = ["--recipe", str(QUICKSTART), "train.optimizer=adamw8bit", f"train.output_dir={tmp_path}"]
+    code, _, err = run_main(argv, capsys)
+    assert_one_line_error(code, err, "pip install 'mapo[bnb]'")
+
+
+def test_subcommands_dispatch_lazily(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setitem(
+        sys.modules, "fake_eval_cli", types.SimpleNamespace(main=lambda argv: seen.append(argv))
+    )
+    monkeypatch.setitem(cli.SUBCOMMANDS, "eval", "fake_eval_cli")
+    code, _, _ = run_main(["eval", "--base", "tiny"], capsys)
+    assert code == 0 and seen == [["--base", "tiny"]]
+    monkeypatch.setitem(cli.SUBCOMMANDS, "cache", "mapo_train.no_such_module")
+    code, _, err = run_main(["cache", "--recipe", "x.yaml"], capsys)
+    assert_one_line_error(code, err, "`mapo-train cache` is not available")
+
+
+def _env():
+    # One thread, as in the other tests (see conftest).
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"
+    )
+    return env
+
+
+def test_python_dash_m_error_has_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "mapo_train", "--recipe", str(QUICKSTART), "data.bogus=1"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: unknown key data.bogus"
+
+
+def test_quickstart_recipe_runs_through_python_dash_m(tmp_path, pairs_parquet):
+    out = tmp_path / "quick"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mapo_train",
+            "--recipe",
+            str(QUICKSTART),
+            f"data.path={pairs_parquet}",
+            f"train.output_dir={out}",
+            "train.max_steps=3",
+            "train.checkpoint_every=2",
+            "validation.every_n_steps=2",
+            "validation.num_inference_steps=1",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "done: 3 steps" in proc.stdout and str(out / "unet") in proc.stdout
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "curves.png").is_file() and (out / "README.md").is_file()
+    assert sorted(p.name for p in (out / "validation").glob("*.png")) == [
+        "step-0000000.png",
+        "step-0000002.png",
+        "step-0000003.png",
+    ]
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard logs"
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-0000003"]
