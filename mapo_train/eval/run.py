@@ -76,6 +76,16 @@ def _base_mismatch_warnings(config: EvalConfig, sources: list[TunedSource], labe
     return warnings
 
 
+def _judge_warnings(infos: list[JudgeInfo]) -> list[str]:
+    """The tiny CLIP makes the pipeline runnable offline; its random weights judge nothing."""
+    return [
+        f"{info.spec} has random weights (a test model): its scores carry no meaning; "
+        "use a real CLIP, e.g. clip:openai/clip-vit-large-patch14"
+        for info in infos
+        if info.settings.get("model") == "tiny"
+    ]
+
+
 def _render_all(
     config: EvalConfig,
     sources: list[TunedSource],
@@ -334,7 +344,7 @@ def run_eval(
             "scores_json": json_path.relative_to(out).as_posix(),
             "grids": grids,
         },
-        "warnings": _base_mismatch_warnings(config, sources, config.labels[1:]),
+        "warnings": _base_mismatch_warnings(config, sources, config.labels[1:]) + _judge_warnings(infos),
         "command": command,
     }
     md_path, report_json = write_report(report, out)

@@ -97,6 +97,7 @@ def test_end_to_end_full_and_lora_against_base(runs, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "![base vs full-run](grids/base_vs_full-run.png)" in md
     assert "pixel art style image" in md and "left out" in md
+    assert "clip:tiny has random weights" in md  # the test judge is flagged, not passed off as real
 
     # Deterministic: the same command gives the same images and scores.
     rerun_out = tmp_path / "eval2"
