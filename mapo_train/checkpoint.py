@@ -79,3 +79,49 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     """Restore model, optimizer, scheduler, EMA and RNG states; returns the trainer state."""
     accelerator.load_state(str(path))
     return read_state(path)
+
+
+LORA_FILE = "unet_lora.safetensors"
+
+
+def checkpoint_lora_only(accelerator, unet) -> None:
+    """Make checkpoints of a LoRA run hold the adapters, not a full copy of the frozen base
+    (megabytes instead of SDXL's gigabytes). DeepSpeed writes its own engine state and is left as is."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return
+    base = accelerator.unwrap_model(unet)
+
+    def _index(models) -> int | None:
+        return next((i for i, m in enumerate(models) if accelerator.unwrap_model(m) is base), None)
+
+    def save_hook(models, weights, output_dir):
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        i = _index(models)
+        if i is None:
+            return
+        if accelerator.is_main_process:
+            state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(base).items()}
+            save_file(state, str(Path(output_dir) / LORA_FILE))
+        weights.pop(i)
+
+    def load_hook(models, input_dir):
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        i = _index(models)
+        if i is None:
+            return
+        models.pop(i)
+        result = set_peft_model_state_dict(base, load_file(str(Path(input_dir) / LORA_FILE)))
+        unexpected = getattr(result, "unexpected_keys", None)
+        if unexpected:
+            raise MapoError(
+                f"checkpoint {input_dir} does not match this LoRA setup ({len(unexpected)} unexpected keys)"
+            )
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

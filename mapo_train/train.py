@@ -142,6 +142,12 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if t.optimizer == "adamw8bit":
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
+    if resume_path is None and ckpt.latest_checkpoint(out) is not None:
+        # Starting over here would mix two runs' checkpoints and metrics.
+        raise MapoError(
+            f"{out} already holds checkpoints of a run: add --resume latest to continue it, "
+            "or choose another train.output_dir"
+        )
     accelerator = make_accelerator(cfg, out)
     _reconcile_launch_settings(accelerator, cfg)
     mixed_precision = accelerator.mixed_precision
@@ -196,8 +202,10 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if ema is not None:
         ema.to(device)
         accelerator.register_for_checkpointing(ema)
-    if loss_spec.needs_reference and cfg.model.finetune == "lora":
-        reference = _lora_reference_fn(unet, components, accelerator)
+    if cfg.model.finetune == "lora":
+        ckpt.checkpoint_lora_only(accelerator, unet)
+        if loss_spec.needs_reference:
+            reference = _lora_reference_fn(unet, components, accelerator)
 
     run = Run(
         cfg=cfg,

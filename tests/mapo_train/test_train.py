@@ -11,11 +11,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from mapo_data.errors import MapoError
 from mapo_train import losses
 from mapo_train.config import config_from_dict
 from mapo_train.train import NonFiniteLossError, train
 
 from .conftest import write_pairs
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 def tiny_config(data_path, out, *overrides):
@@ -124,8 +127,10 @@ def test_lora_trains_and_loads_with_load_lora_weights(tmp_path, tiny_model_path,
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
 
 
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_parquet):
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_parquet, finetune):
     settings = (
+        f"model.finetune={finetune}",
         "train.max_steps=4",
         "train.checkpoint_every=2",
         "train.gradient_accumulation_steps=2",
@@ -145,9 +150,15 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_pa
     for a, b in zip(full.history[2:], resumed.history, strict=True):
         for key in ("loss", "loss_w", "loss_l", "margin", "accuracy", "lr", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
-    wa = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
-    wb = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    wa, wb = (
+        load_file(full.weights if finetune == "lora" else full.weights / WEIGHTS),
+        load_file(resumed.weights if finetune == "lora" else resumed.weights / WEIGHTS),
+    )
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    if finetune == "lora":  # checkpoints hold the adapters only, not the frozen base
+        assert (checkpoint / "unet_lora.safetensors").is_file() and not list(
+            checkpoint.glob("model*.safetensors")
+        )
     # --resume latest in the original folder: already at max_steps, nothing more to do.
     again = train(tiny_config(pairs_parquet, tmp_path / "a", *settings), resume="latest")
     assert again.global_step == 4 and [r["step"] for r in again.history] == [1, 2, 3, 4]
@@ -171,6 +182,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, pairs
     assert not (out / "checkpoint-0000003").exists() and not (out / "unet").exists()
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
+    # Running again into the same folder without --resume would mix two runs.
+    with pytest.raises(MapoError, match="already holds checkpoints.*--resume latest"):
+        train(cfg)
 
 
 def test_validation_grids_checkpoint_pruning_and_bad_images(tmp_path):

@@ -1,0 +1,80 @@
+"""Model card content (including the eval-report hook) and the Hub upload call."""
+
+from __future__ import annotations
+
+import pytest
+
+from mapo_data.errors import MapoError
+from mapo_train import hub
+from mapo_train.card import render_card
+from mapo_train.config import config_from_dict
+from mapo_train.plots import plot_curves
+
+
+def card(tmp_path, *overrides, **kw):
+    cfg = config_from_dict({"data": {"path": "mapo-t2i/pick-style-pixel-art"}}, list(overrides))
+    args = dict(out=tmp_path, steps=100, num_pairs=500, ties_dropped=3, effective_batch=16)
+    return render_card(cfg, **{**args, **kw})
+
+
+def test_full_card(tmp_path):
+    text = card(
+        tmp_path, curves="curves.png", grid="validation/step-0000100.png", final_metrics={"loss": 0.5}
+    )
+    assert text.startswith(
+        "---\nlibrary_name: diffusers\nbase_model: stabilityai/stable-diffusion-xl-base-1.0"
+    )
+    assert "datasets:\n- mapo-t2i/pick-style-pixel-art" in text
+    assert 'UNet2DConditionModel.from_pretrained("' in text and "load_lora_weights" not in text
+    assert "| beta | `0.1` |" in text and "| alpha | `0.5` |" in text
+    assert "500 pairs used, 3 ties dropped" in text
+    assert "![validation grid](validation/step-0000100.png)" in text and "(curves.png)" in text
+    assert "Not evaluated yet" in text
+
+
+def test_lora_dpo_card_and_eval_link(tmp_path):
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "report.md").write_text("# report")
+    text = card(
+        tmp_path, "model.finetune=lora", "loss.name=dpo", "train.push_to_hub=true", "train.hub_model_id=me/x"
+    )
+    assert 'pipe.load_lora_weights("me/x")' in text and "- lora" in text
+    assert (
+        "| beta | `5000` |" in text and "alpha" not in text.split("## Training")[1].split("full resolved")[0]
+    )
+    assert "[evaluation report](eval/report.md)" in text
+
+
+def test_curves_png(tmp_path):
+    history = [{"step": i, "loss": 1.0 / i, "margin": 0.01 * i, "accuracy": 0.5} for i in range(1, 30)]
+    path = plot_curves(history, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_curves([], tmp_path / "none.png") is None
+
+
+class FakeApi:
+    calls: list = []
+    fail = False
+
+    def create_repo(self, repo_id, **kw):
+        if FakeApi.fail:
+            raise RuntimeError("401 Unauthorized\nmore detail")
+        FakeApi.calls.append(("create", repo_id, kw))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw):
+        FakeApi.calls.append(("upload", kw))
+
+
+def test_push_uploads_the_run_without_checkpoints(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    FakeApi.calls, FakeApi.fail = [], False
+    assert hub.push_run(tmp_path, "me/model", private=True) == "https://huggingface.co/me/model"
+    (_, repo, kw), (_, upload) = FakeApi.calls
+    assert repo == "me/model" and kw["private"] is True and kw["repo_type"] == "model"
+    assert "checkpoint-*/**" in upload["ignore_patterns"] and upload["folder_path"] == str(tmp_path)
+    FakeApi.fail = True
+    with pytest.raises(MapoError, match=r"^push to the Hub \(me/model\) failed: 401 Unauthorized$"):
+        hub.push_run(tmp_path, "me/model")
