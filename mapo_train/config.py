@@ -82,6 +82,18 @@ class DataConfig:
     """Data loader worker processes per training process (0 decodes in the training process)."""
     cache_dir: str | None = None
     """Where `datasets` keeps its Arrow files; empty means its default cache."""
+    cache: str = "off"
+    """Latent/text cache: `off` (encode on the fly), `auto` (keyed folder under $MAPO_CACHE or ~/.cache/mapo/train-cache, built when missing), or a folder to keep keyed caches in. Fixes the crop per pair (see mapo_train/cache.py)."""
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Dtype of cached latents and text embeddings; float16 halves the disk, float32 matches the on-the-fly path exactly."""
+    cache_shard_size: int = 256
+    """Pairs per cache shard (the unit of resume and of work split across processes)."""
+    cache_batch_size: int = 8
+    """Pairs encoded per VAE/text-encoder call while building the cache."""
+    streaming: bool = False
+    """Read the pairs as a stream (`datasets` streaming) instead of indexing them up front: for datasets larger than the disk or memory."""
+    shuffle_buffer: int = 1000
+    """Streaming only: pairs held in the shuffle buffer (0 disables shuffling)."""
 
 
 @dataclass
@@ -214,6 +226,14 @@ class RunConfig:
             raise ConfigError("data.max_pairs must be at least 1 (or empty for all pairs)")
         if d.num_workers < 0:
             raise ConfigError("data.num_workers must be 0 or more")
+        if d.cache_shard_size < 1 or d.cache_batch_size < 1:
+            raise ConfigError("data.cache_shard_size and data.cache_batch_size must be at least 1")
+        if d.shuffle_buffer < 0:
+            raise ConfigError("data.shuffle_buffer must be 0 (no shuffling) or more")
+        if d.streaming and d.cache != "off":
+            raise ConfigError("data.streaming and data.cache exclude each other: a cache indexes every pair; set data.cache=off")
+        if d.streaming and d.max_pairs is not None:
+            raise ConfigError("data.max_pairs does not apply to data.streaming (a stream has no index); remove it")
         if self.model.finetune == "full":
             lora_keys = sorted(k for k in self.explicit if k == "lora" or k.startswith("lora."))
             if lora_keys:
