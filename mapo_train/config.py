@@ -231,9 +231,13 @@ class RunConfig:
         if d.shuffle_buffer < 0:
             raise ConfigError("data.shuffle_buffer must be 0 (no shuffling) or more")
         if d.streaming and d.cache != "off":
-            raise ConfigError("data.streaming and data.cache exclude each other: a cache indexes every pair; set data.cache=off")
+            raise ConfigError(
+                "data.streaming and data.cache exclude each other: a cache indexes every pair; set data.cache=off"
+            )
         if d.streaming and d.max_pairs is not None:
-            raise ConfigError("data.max_pairs does not apply to data.streaming (a stream has no index); remove it")
+            raise ConfigError(
+                "data.max_pairs does not apply to data.streaming (a stream has no index); remove it"
+            )
         if self.model.finetune == "full":
             lora_keys = sorted(k for k in self.explicit if k == "lora" or k.startswith("lora."))
             if lora_keys:

@@ -142,6 +142,8 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if t.optimizer == "adamw8bit":
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
+    if resume_path is not None:
+        _check_resumable(ckpt.read_state(resume_path), cfg, resume_path)
     if resume_path is None and ckpt.latest_checkpoint(out) is not None:
         # Starting over here would mix two runs' checkpoints and metrics.
         raise MapoError(
@@ -162,8 +164,14 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
 
-    with accelerator.main_process_first():  # the first process converts parquet to Arrow once
-        data = load_pair_data(cfg.data, t.seed)
+    on_cache = cfg.data.cache != "off"
+    if on_cache:
+        from mapo_train.cache import prepare_cached_data
+
+        data = prepare_cached_data(cfg, mixed_precision, progress=accelerator.is_local_main_process)
+    else:
+        with accelerator.main_process_first():  # the first process converts parquet to Arrow once
+            data = load_pair_data(cfg.data, t.seed)
     components = load_components(cfg.model, mixed_precision)
     weight_dtype = DTYPES[mixed_precision]
     device = accelerator.device
@@ -179,9 +187,8 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         unet.train()
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
-    place(components.text_encoder, device, weight_dtype)
-    place(components.text_encoder_2, device, weight_dtype)
+    # On a cache the VAE and text encoders stay on the CPU; validation borrows the device.
+    _place_frozen(components, cfg, mixed_precision, "cpu" if on_cache else device)
 
     reference = None
     loss_spec = get_loss(cfg.loss.name)
@@ -218,7 +225,9 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         lr_scheduler=lr_scheduler,
         ema=ema,
         data=data,
-        encoder=PairEncoder(
+        encoder=_cached_encoder(components, cfg, mixed_precision, device)
+        if on_cache
+        else PairEncoder(
             components.vae,
             SDXLTextEncoder(
                 components.tokenizer,
@@ -241,6 +250,42 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         (out / CONFIG_FILE).write_text(dump_config(cfg))
     accelerator.init_trackers("mapo-train", config=_tracker_config(cfg))
     return run
+
+
+def _place_frozen(components: Components, cfg: RunConfig, mixed_precision: str, device) -> None:
+    """Put the VAE and text encoders on ``device`` in the dtypes training uses."""
+    place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
+    place(components.text_encoder, device, DTYPES[mixed_precision])
+    place(components.text_encoder_2, device, DTYPES[mixed_precision])
+
+
+def _cached_encoder(components: Components, cfg: RunConfig, mixed_precision: str, device):
+    from mapo_train.cache import cached_encoder
+
+    return cached_encoder(components, cfg, mixed_precision, device)
+
+
+def _trainer_state(run: Run) -> dict[str, Any]:
+    """What a checkpoint records beside accelerate's state: the position, and what must match
+    for a resume to make sense."""
+    cfg = run.cfg
+    return {
+        "global_step": run.global_step,
+        "finetune": cfg.model.finetune,
+        "pretrained": cfg.model.pretrained,
+        "loss": cfg.loss.name,
+        "num_processes": run.accelerator.num_processes,
+    }
+
+
+def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+    for key, now in (("finetune", cfg.model.finetune), ("pretrained", cfg.model.pretrained)):
+        then = state.get(key)
+        if then is not None and then != now:
+            field = "model.finetune" if key == "finetune" else "model.pretrained"
+            raise MapoError(
+                f"checkpoint {path} was saved with {field}={then}, but this run has {field}={now}"
+            )
 
 
 def _reconcile_launch_settings(accelerator, cfg: RunConfig) -> None:
@@ -312,7 +357,11 @@ def _validate(run: Run) -> None:
         if run.ema is not None:
             run.ema.store(run.params)
             run.ema.copy_to(run.params)
+        on_cache = cfg.data.cache != "off"
+        mixed_precision = accelerator.mixed_precision
         try:
+            if on_cache:  # the frozen parts visit the device only while rendering
+                _place_frozen(run.components, cfg, mixed_precision, accelerator.device)
             with accelerator.autocast():
                 grid = render_grid(
                     run.components,
@@ -322,6 +371,8 @@ def _validate(run: Run) -> None:
                     run.inference_scheduler,
                 )
         finally:
+            if on_cache:
+                _place_frozen(run.components, cfg, mixed_precision, "cpu")
             if run.ema is not None:
                 run.ema.restore(run.params)
         path = grid_path(run.out, run.global_step)
@@ -457,11 +508,7 @@ def fit(run: Run) -> None:
                 and run.global_step < t.max_steps
             ):
                 ckpt.save_checkpoint(
-                    accelerator,
-                    run.out,
-                    run.global_step,
-                    {"global_step": run.global_step},
-                    t.checkpoints_keep,
+                    accelerator, run.out, run.global_step, _trainer_state(run), t.checkpoints_keep
                 )
             every = cfg.validation.every_n_steps
             if every and run.global_step % every == 0 and run.global_step < t.max_steps:
@@ -470,9 +517,7 @@ def fit(run: Run) -> None:
         progress.close()
     # The final state is resumable too (e.g. to train further with a higher max_steps).
     if t.checkpoint_every:
-        ckpt.save_checkpoint(
-            accelerator, run.out, run.global_step, {"global_step": run.global_step}, t.checkpoints_keep
-        )
+        ckpt.save_checkpoint(accelerator, run.out, run.global_step, _trainer_state(run), t.checkpoints_keep)
     _validate(run)
 
 

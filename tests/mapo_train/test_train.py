@@ -159,6 +159,14 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_pa
         assert (checkpoint / "unet_lora.safetensors").is_file() and not list(
             checkpoint.glob("model*.safetensors")
         )
+    other = "full" if finetune == "lora" else "lora"
+    with pytest.raises(
+        MapoError, match=f"saved with model.finetune={finetune}, but this run has model.finetune={other}"
+    ):
+        train(
+            tiny_config(pairs_parquet, tmp_path / "c", *settings, f"model.finetune={other}"),
+            resume=str(checkpoint),
+        )
     # --resume latest in the original folder: already at max_steps, nothing more to do.
     again = train(tiny_config(pairs_parquet, tmp_path / "a", *settings), resume="latest")
     assert again.global_step == 4 and [r["step"] for r in again.history] == [1, 2, 3, 4]
