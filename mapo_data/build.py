@@ -273,7 +273,9 @@ def run_build(
     pairs, prompt_info = prepare_prompts(config)
     writer = DatasetWriter(out)
     num_shards = -(-len(pairs) // config.shard_size)
-    state.wait_for_everyone()  # --overwrite's cleanup must finish before anyone writes
+    if state.is_main_process:
+        writer.remove_stale_temporaries()
+    state.wait_for_everyone()  # cleanup (stale temporaries, --overwrite) must finish before anyone writes
     if state.is_main_process:
         atomic_write_json(out / STATE_DIR / "config.json", identity(config))
     if (out / MANIFEST_NAME).is_file():

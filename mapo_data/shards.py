@@ -46,6 +46,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _umask_mode() -> int:
+    # mkstemp creates files readable by the owner only; finished outputs get the usual mode.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a hidden temporary file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -102,6 +110,16 @@ class DatasetWriter:
             return None
         return info
 
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files a killed run left behind (hidden ``.*.tmp``); returns how many."""
+        removed = 0
+        for folder in (self.shard_path(0).parent, self.marker_path(0).parent, self.root):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def write_shard(self, index: int, table: pa.Table, row_group_size: int | None = None) -> ShardInfo:
         """Write ``table`` as shard ``index`` atomically, then record its completion."""
         final = self.shard_path(index)
@@ -112,6 +130,7 @@ class DatasetWriter:
             pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, _umask_mode())
             os.replace(tmp, final)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -204,19 +204,20 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
     )
     markers = out / ".mapo" / "completions"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (markers.is_dir() and any(markers.iterdir())):
+    while time.monotonic() < deadline and not (markers.is_dir() and any(markers.glob("[0-9]*.json"))):
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the killed run must not look complete"
-    done_before = len(list(markers.iterdir()))
+    done_before = len(list(markers.glob("[0-9]*.json")))
     assert 1 <= done_before < 4
 
     rerun = subprocess.run(_build_cmd(out, 6, 128), env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done_before} of 4 shards already complete" in rerun.stderr
     assert shard_bytes(out) == shard_bytes(reference)
-    assert not list((out / "data").glob(".*")), "no temporary files left behind"
+    assert not list((out / "data").glob(".*")) and not list(markers.glob(".*")), "no temporary files left"
+    assert oct((out / "data" / "train-00000.parquet").stat().st_mode & 0o777) != oct(0o600)
     manifest = json.loads((out / "manifest.json").read_text())
     pair_ids = [
         r for p in sorted((out / "data").glob("*.parquet")) for r in pq.read_table(p)["pair_id"].to_pylist()
