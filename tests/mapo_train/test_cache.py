@@ -71,23 +71,28 @@ def test_cached_steps_equal_on_the_fly_steps(cache_env):
 
 def test_cached_encoder_equals_on_the_fly_encoder(cache_env):
     """Batch for batch (same keys, same generator) the two paths give the same EncodedPairs."""
+    from mapo_train.cache import cached_encoder, prepare_cached_data
     from mapo_train.data import load_pair_data
     from mapo_train.encode import PairEncoder, SDXLTextEncoder
     from mapo_train.model import load_components
-    from mapo_train.cache import cached_encoder, prepare_cached_data
     from mapo_train.train import step_generator
 
     write_pairs(cache_env / "pairs" / "train-00000.parquet", n=6, size=40)
-    cfg = _cfg(cache_env, "enc", "data.random_flip=true", "data.proportion_empty_prompts=0.5", f"data.cache={cache_env / 'cc'}")
+    cfg = _cfg(
+        cache_env,
+        "enc",
+        "data.random_flip=true",
+        "data.proportion_empty_prompts=0.5",
+        f"data.cache={cache_env / 'cc'}",
+    )
     cached = prepare_cached_data(cfg, "no", progress=False)
     fly = load_pair_data(cfg.data, cfg.train.seed)
     c = load_components(cfg.model, "no")
     text = SDXLTextEncoder(c.tokenizer, c.tokenizer_2, c.text_encoder, c.text_encoder_2)
     on_the_fly = PairEncoder(c.vae, text, torch.device("cpu"))
     from_cache = cached_encoder(c, cfg, "no", torch.device("cpu"))
-    for step, (keys_a, batch_a, batch_b) in enumerate(
+    for step, (batch_a, batch_b) in enumerate(
         zip(
-            fly.loader(3, 0, 0, 1, 0, 0).batch_sampler,
             fly.loader(3, 0, 0, 1, 0, 0),
             cached.loader(3, 0, 0, 1, 0, 0),
             strict=False,
@@ -97,7 +102,14 @@ def test_cached_encoder_equals_on_the_fly_encoder(cache_env):
             break
         a = on_the_fly(batch_a, step_generator(0, step, 0))
         b = from_cache(batch_b, step_generator(0, step, 0))
-        for name in ("latents_w", "latents_l", "prompt_embeds", "pooled_prompt_embeds", "time_ids_w", "time_ids_l"):
+        for name in (
+            "latents_w",
+            "latents_l",
+            "prompt_embeds",
+            "pooled_prompt_embeds",
+            "time_ids_w",
+            "time_ids_l",
+        ):
             torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-5, atol=1e-5, msg=name)
 
 
