@@ -85,6 +85,8 @@ def run(argv: list[str]) -> int:
     from mapo_train.train import train
 
     result = train(cfg, resume=args.resume)
+    if not result.main_process:
+        return 0
     weights = result.weights or result.output_dir
     print(f"done: {result.global_step} steps; weights in {weights}")
     if result.validation_grid is not None:

@@ -64,6 +64,7 @@ class TrainResult:
     weights: Path | None
     history: list[dict[str, Any]]
     validation_grid: Path | None = None
+    main_process: bool = True  # only the main process reports (and holds the history)
 
 
 @dataclass
@@ -572,6 +573,7 @@ def finish(run: Run) -> TrainResult:
         weights=weights,
         history=run.history,
         validation_grid=run.last_grid,
+        main_process=accelerator.is_main_process,
     )
 
 

@@ -141,3 +141,44 @@ def test_quickstart_recipe_runs_through_python_dash_m(tmp_path, pairs_parquet):
     ]
     assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard logs"
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-0000003"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(tmp_path, pairs_parquet):
+    """The multi-process path (sharded data order, reduced metrics, every rank saving
+    checkpoints) with two CPU processes under torchrun, as `accelerate launch` would start them."""
+    out = tmp_path / "ddp"
+    env = dict(_env(), ACCELERATE_USE_CPU="true")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mapo_train",
+            "--recipe",
+            str(QUICKSTART),
+            f"data.path={pairs_parquet}",
+            f"train.output_dir={out}",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "train.checkpoint_every=1",
+            "model.finetune=lora",
+            "data.num_workers=0",
+            "validation.num_inference_steps=1",
+            "train.report_to=none",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("done: 2 steps") == 1  # only the main process reports
+    assert "effective batch 4 pairs" in (out / "README.md").read_text()  # 2 pairs x 2 processes
+    checkpoint = out / "checkpoint-0000002"
+    assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
+    assert (out / "pytorch_lora_weights.safetensors").is_file()
