@@ -7,6 +7,7 @@ from typing import Any
 
 import jinja2
 
+from mapo_data.tiny import TINY_MODEL_NAME
 from mapo_train.config import RunConfig
 
 # Where `mapo-train eval` writes its report inside a run folder; linked when present.
@@ -15,7 +16,9 @@ EVAL_REPORT = Path("eval") / "report.md"
 TEMPLATE = """\
 ---
 library_name: diffusers
+{%- if not tiny %}
 base_model: {{ base_model }}
+{%- endif %}
 {%- if dataset_id %}
 datasets:
 - {{ dataset_id }}
@@ -44,15 +47,22 @@ tags:
 ```python
 import torch
 from diffusers import StableDiffusionXLPipeline
-{%- if lora %}
+{%- if tiny %}
+from mapo_data.tiny import tiny_model_path  # the built-in tiny test model
 
-pipe = StableDiffusionXLPipeline.from_pretrained("{{ base_model }}", torch_dtype=torch.float16)
+base = str(tiny_model_path())
+{%- else %}
+
+base = "{{ base_model }}"
+{%- endif %}
+{%- if lora %}
+pipe = StableDiffusionXLPipeline.from_pretrained(base, torch_dtype={{ dtype }})
 pipe.load_lora_weights("{{ load_path }}")
 {%- else %}
 from diffusers import UNet2DConditionModel
 
-unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", torch_dtype=torch.float16)
-pipe = StableDiffusionXLPipeline.from_pretrained("{{ base_model }}", unet=unet, torch_dtype=torch.float16)
+unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", torch_dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline.from_pretrained(base, unet=unet, torch_dtype={{ dtype }})
 {%- endif %}
 image = pipe("{{ example_prompt }}").images[0]
 ```
@@ -157,6 +167,9 @@ def render_card(
         effective_batch=effective_batch,
         finetune="LoRA" if lora else "full UNet fine-tune",
         lora=lora,
+        tiny=cfg.model.pretrained == TINY_MODEL_NAME,
+        # The tiny model is for the CPU, where fp16 is slow or unsupported.
+        dtype="torch.float32" if cfg.model.pretrained == TINY_MODEL_NAME else "torch.float16",
         load_path=hub_id or str(out),
         loss_name=cfg.loss.name,
         example_prompt=(cfg.validation.prompts or ["a cat"])[0].replace('"', "'"),

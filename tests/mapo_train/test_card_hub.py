@@ -30,6 +30,21 @@ def test_full_card(tmp_path):
     assert "500 pairs used, 3 ties dropped" in text
     assert "![validation grid](validation/step-0000100.png)" in text and "(curves.png)" in text
     assert "Not evaluated yet" in text
+    assert 'base = "stabilityai/stable-diffusion-xl-base-1.0"' in text and "torch.float16" in text
+
+
+def test_tiny_card_code_runs(tmp_path, tiny_model_path):
+    """The card's snippet for a tiny run is real code: it loads the saved UNet into a pipeline."""
+    from diffusers import UNet2DConditionModel
+
+    UNet2DConditionModel.from_pretrained(tiny_model_path, subfolder="unet").save_pretrained(tmp_path / "unet")
+    text = card(tmp_path, "model.pretrained=tiny")
+    assert "base_model:" not in text.split("---")[1]
+    snippet = text.split("```python\n")[1].split("```")[0]
+    code = snippet.rsplit("image = ", 1)[0]  # everything up to rendering
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["pipe"].unet.dtype == namespace["torch"].float32
 
 
 def test_lora_dpo_card_and_eval_link(tmp_path):
