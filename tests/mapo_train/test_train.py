@@ -220,3 +220,24 @@ def test_validation_grids_checkpoint_pruning_and_bad_images(tmp_path):
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000003", "checkpoint-0000004"]
     assert "validation/step-0000004.png" in (out / "README.md").read_text()
     assert result.history[-1]["bad_pairs"] >= 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize(("finetune", "loss_name"), [("full", "mapo"), ("lora", "dpo")])
+def test_mixed_precision_on_cuda(tmp_path, pairs_parquet, precision, finetune, loss_name):
+    """The GPU paths: autocast, a low-precision frozen base under fp32 adapters, the VAE dtype
+    rule, gradient checkpointing and the validation pipeline under autocast."""
+    cfg = tiny_config(
+        pairs_parquet,
+        tmp_path / "out",
+        f"train.mixed_precision={precision}",
+        f"model.finetune={finetune}",
+        f"loss.name={loss_name}",
+        "train.gradient_checkpointing=true",
+        "validation.enabled=true",
+        "validation.num_inference_steps=2",
+    )
+    result = train(cfg)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    assert result.validation_grid is not None and result.validation_grid.is_file()
