@@ -170,6 +170,10 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         from mapo_train.cache import prepare_cached_data
 
         data = prepare_cached_data(cfg, mixed_precision, progress=accelerator.is_local_main_process)
+    elif cfg.data.streaming:
+        from mapo_train.stream import load_stream_data
+
+        data = load_stream_data(cfg.data, t.seed, accelerator.process_index, accelerator.num_processes)
     else:
         with accelerator.main_process_first():  # the first process converts parquet to Arrow once
             data = load_pair_data(cfg.data, t.seed)
@@ -244,6 +248,8 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if resume_path is not None:
         state = ckpt.load_checkpoint(accelerator, resume_path)
         run.global_step = int(state["global_step"])
+        if cfg.data.streaming:  # continue the stream where the checkpoint left it
+            run.data.restore(state)
         accelerator.print(f"resumed from {resume_path} at step {run.global_step}")
     run.history = _load_history(out / METRICS_FILE, run.global_step)
     if accelerator.is_main_process:
@@ -276,6 +282,8 @@ def _trainer_state(run: Run) -> dict[str, Any]:
         "pretrained": cfg.model.pretrained,
         "loss": cfg.loss.name,
         "num_processes": run.accelerator.num_processes,
+        # A stream's position is not implied by the step: each worker's datasets state is saved.
+        **(run.data.position(run.accelerator) if cfg.data.streaming else {}),
     }
 
 
@@ -444,6 +452,8 @@ def fit(run: Run) -> None:
     try:
         while run.global_step < t.max_steps:
             batch = next(batches)
+            if cfg.data.streaming:
+                run.data.consumed(batch)
             pairs_read += len(batch["captions"])
             bad_read += batch["bad"]
             if bad_read > max(10, cfg.data.max_bad_fraction * pairs_read):
