@@ -208,6 +208,7 @@ class LatentProbe:
 
         blocky = rough([blocky_image(rng, size) for _ in range(n)])
         smooth = rough([smooth_image(rng, size) for _ in range(n)])
+        self.blocky_median, self.smooth_median = float(blocky.median()), float(smooth.median())
         self.threshold = float(0.5 * (blocky.median() + smooth.median()))
         self.blocky_is_smoother = bool(blocky.median() < smooth.median())
         self.accuracy = 0.5 * (self._blocky(blocky).mean() + 1.0 - self._blocky(smooth).mean())
@@ -220,6 +221,13 @@ class LatentProbe:
     def score(self, latents: torch.Tensor) -> float:
         """Share of latents judged blocky (the chosen property)."""
         return float(self._blocky(latent_roughness(latents)).mean())
+
+    @torch.no_grad()
+    def position(self, latents: torch.Tensor) -> float:
+        """Where the samples' median roughness lies between the two kinds: 0 is typical of
+        smooth images, 1 of blocky ones (unclipped; a continuous companion to ``score``)."""
+        r = float(latent_roughness(latents).median())
+        return (self.smooth_median - r) / (self.smooth_median - self.blocky_median)
 
 
 @torch.no_grad()
@@ -347,7 +355,11 @@ class Experiment:
     def evaluate(self, unet) -> dict[str, float]:
         """Held-out implicit accuracy and the property score P(blocky) of fresh samples."""
         latents = sample_latents(self.components, unet, self.prompts, self.seeds, self.resolution)
-        return {"accuracy": self.heldout.accuracy(unet), "property": self.probe.score(latents)}
+        return {
+            "accuracy": self.heldout.accuracy(unet),
+            "property": self.probe.score(latents),
+            "property_position": self.probe.position(latents),
+        }
 
 
 def prepare_experiment(
