@@ -19,8 +19,7 @@ if [[ "${1:-}" == "--prep" ]]; then
   $PY -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any -d wheels \
-    diffusers==0.42.1 datasets==5.2.0 peft==0.21.2 multiprocess dill xxhash \
-    bitsandbytes
+    diffusers==0.42.1 datasets==5.2.0 peft==0.21.2 multiprocess dill importlib_metadata
   du -sh wheels
   exit 0
 fi
