@@ -32,7 +32,14 @@ from mapo_data.shards import STATE_DIR, DatasetWriter, ShardInfo, atomic_write_j
 
 IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 # Settings that change how the work is done but not what is written; a rerun may change them.
-NON_IDENTITY_KEYS = {"render.device", "render.compile", "batch_size", "overwrite", "out"}
+NON_IDENTITY_KEYS = {
+    "render.device",
+    "render.compile",
+    "render.cpu_threads",
+    "batch_size",
+    "overwrite",
+    "out",
+}
 
 
 @dataclass

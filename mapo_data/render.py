@@ -20,7 +20,7 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 # The stock SDXL VAE overflows in fp16 and decodes black images; this fine-tune does not.
 FP16_FIX_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
-DTYPES = ("fp16", "bf16", "fp32")
+DTYPES = ("auto", "fp16", "bf16", "fp32")
 
 # Short names for the schedulers people use with SDXL -> (diffusers class, extra config).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -44,8 +44,9 @@ class RenderConfig:
     """Hub revision (branch, tag or commit) of the model."""
     vae: str | None = None
     """VAE to use instead of the model's; default: the fp16-fix VAE when dtype is fp16 (not for tiny)."""
-    dtype: str = "fp16"
-    """Weights and compute dtype: fp16, bf16 or fp32."""
+    dtype: str = "auto"
+    """Weights and compute dtype: fp16, bf16, fp32, or auto (fp16 on CUDA, fp32 on the CPU, where
+    half precision is emulated and slow)."""
     device: str | None = None
     """torch device; default: the accelerate process's device (CUDA when available, else CPU)."""
     steps: int = 30
@@ -62,6 +63,9 @@ class RenderConfig:
     """Negative prompt applied to every image."""
     compile: bool = False
     """torch.compile the UNet (pays off on long GPU runs)."""
+    cpu_threads: int | None = None
+    """torch threads when rendering on the CPU; default 1 for the tiny model (its kernels are too
+    small to gain from threads, and lose badly to contention on a busy machine), else torch's own."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -79,12 +83,18 @@ class RenderConfig:
     def torch_dtype(self):
         import torch
 
-        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.resolved_dtype()]
+
+    def resolved_dtype(self) -> str:
+        if self.dtype != "auto":
+            return self.dtype
+        on_cpu = (self.device or default_device()).startswith("cpu")
+        return "fp32" if on_cpu else "fp16"
 
     def resolved_vae(self) -> str | None:
         if self.vae is not None:
             return self.vae
-        if self.dtype == "fp16" and self.model != TINY_MODEL_NAME:
+        if self.resolved_dtype() == "fp16" and self.model != TINY_MODEL_NAME:
             return FP16_FIX_VAE
         return None
 
@@ -146,7 +156,12 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
         class_name, overrides = SCHEDULERS[config.scheduler]
         scheduler_cls = getattr(diffusers_schedulers, class_name)
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config, **overrides)
-    pipe.to(device or config.device or default_device())
+    device = device or config.device or default_device()
+    if device.startswith("cpu"):
+        threads = config.cpu_threads or (1 if config.model == TINY_MODEL_NAME else None)
+        if threads:
+            torch.set_num_threads(threads)
+    pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if config.compile:
         pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=True)
@@ -196,7 +211,12 @@ def render_images(
 def model_fingerprint(pipe: StableDiffusionXLPipeline, config: RenderConfig) -> dict:
     """Identify the weights used: the Hub commit when loaded from the Hub cache, else a content hash."""
     root = Path(pipe.config._name_or_path)
-    info: dict = {"id": config.model, "revision": config.revision, "vae": config.resolved_vae()}
+    info: dict = {
+        "id": config.model,
+        "revision": config.revision,
+        "vae": config.resolved_vae(),
+        "dtype": config.resolved_dtype(),
+    }
     if "snapshots" in root.parts:
         info["revision"] = root.name  # the Hub cache keeps each commit under snapshots/<sha>
     if root.is_dir():

@@ -41,7 +41,7 @@ def build(
     model: str = typer.Option(DEFAULT_MODEL, help="Hub id, local diffusers folder, or 'tiny'."),
     revision: str | None = typer.Option(None, help="Hub revision of the model."),
     vae: str | None = typer.Option(None, help="VAE override [default: sdxl-vae-fp16-fix with fp16]."),
-    dtype: str = typer.Option("fp16", help="fp16, bf16 or fp32."),
+    dtype: str = typer.Option("auto", help="fp16, bf16, fp32 or auto (fp16 on CUDA, fp32 on the CPU)."),
     device: str | None = typer.Option(None, help="torch device [default: the accelerate process's]."),
     steps: int = typer.Option(30, help="Denoising steps."),
     guidance_scale: float = typer.Option(5.0, help="Classifier-free guidance scale."),
@@ -53,6 +53,7 @@ def build(
     negative_prompt: str | None = typer.Option(None, help="Negative prompt for every image."),
     batch_size: int = typer.Option(4, help="Pairs per pipeline call."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet."),
+    cpu_threads: int | None = typer.Option(None, help="torch threads on the CPU [default: 1 for tiny]."),
     seed: int = typer.Option(0, help="Global seed (prompt sampling and per-pair noise)."),
     independent_noise: bool = typer.Option(
         False, "--independent-noise", help="Different initial noise for chosen and rejected."
@@ -82,6 +83,7 @@ def build(
         scheduler=scheduler,
         negative_prompt=negative_prompt,
         compile=compile,
+        cpu_threads=cpu_threads,
     )
     config = BuildConfig(
         preset=preset,
