@@ -14,12 +14,10 @@ IN is never modified. OUT is a new folder in the same pair format:
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,6 @@ from mapo_data.shards import (
     atomic_write_json,
     read_json,
     row_group_rows,
-    sha256_file,
     shard_entries,
 )
 
@@ -312,45 +309,28 @@ def _curate_shard(
     )
     group_rows = row_group_rows(int(per_row))
     counts = FilterCounts()
-    final = writer.shard_path(index)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as out:
-            buffered: list[pa.RecordBatch] = []
-            buffered_rows = 0
-            for batch in ds.iter_batches(shard, batch_size=config.batch_size):
-                candidates = [Candidate(i, row) for i, row in enumerate(rows_of(batch))]
-                kept = pipeline.run(candidates, counts)
-                if kept:
-                    buffered.append(_kept_batch(batch, kept, schema))
-                    buffered_rows += len(kept)
-                if buffered_rows >= group_rows:
-                    out.write_table(pa.Table.from_batches(buffered, schema=schema), row_group_size=group_rows)
-                    buffered, buffered_rows = [], 0
-                bar.update(batch.num_rows)
-            if buffered:
+    with writer.shard_file(index) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
+        buffered: list[pa.RecordBatch] = []
+        buffered_rows = 0
+        for batch in ds.iter_batches(shard, batch_size=config.batch_size):
+            candidates = [Candidate(i, row) for i, row in enumerate(rows_of(batch))]
+            kept = pipeline.run(candidates, counts)
+            if kept:
+                buffered.append(_kept_batch(batch, kept, schema))
+                buffered_rows += len(kept)
+            if buffered_rows >= group_rows:
                 out.write_table(pa.Table.from_batches(buffered, schema=schema), row_group_size=group_rows)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    info = ShardInfo(
-        index=index,
-        path=final.relative_to(writer.root).as_posix(),
-        rows=counts.kept,
-        bytes=final.stat().st_size,
-        sha256=sha256_file(final),
-    )
+                buffered, buffered_rows = [], 0
+            bar.update(batch.num_rows)
+        if buffered:
+            out.write_table(pa.Table.from_batches(buffered, schema=schema), row_group_size=group_rows)
+    info = writer.shard_info(index, counts.kept)
     # The sidecar first, then the marker: a shard counts as complete only when both exist.
     atomic_write_json(
         _sidecar(writer.root, index),
         {"sha256": info.sha256, "counts": counts.to_dict(), "state": pipeline.export_state()},
     )
-    atomic_write_json(writer.marker_path(index), asdict(info))
+    writer.mark_complete(info)
     return info, counts
 
 

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,14 +122,16 @@ class DatasetWriter:
                     removed += 1
         return removed
 
-    def write_shard(self, index: int, table: pa.Table, row_group_size: int | None = None) -> ShardInfo:
-        """Write ``table`` as shard ``index`` atomically, then record its completion."""
+    @contextmanager
+    def shard_file(self, index: int) -> Iterator[Path]:
+        """Yield a hidden temporary path for shard ``index``; on success it is fsynced and renamed
+        into place, on failure removed. Completion is recorded separately (``mark_complete``)."""
         final = self.shard_path(index)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
         try:
-            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+            yield Path(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, _umask_mode())
@@ -135,14 +139,26 @@ class DatasetWriter:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        info = ShardInfo(
+
+    def shard_info(self, index: int, rows: int) -> ShardInfo:
+        final = self.shard_path(index)
+        return ShardInfo(
             index=index,
             path=final.relative_to(self.root).as_posix(),
-            rows=table.num_rows,
+            rows=rows,
             bytes=final.stat().st_size,
             sha256=sha256_file(final),
         )
-        atomic_write_json(self.marker_path(index), asdict(info))
+
+    def mark_complete(self, info: ShardInfo) -> None:
+        atomic_write_json(self.marker_path(info.index), asdict(info))
+
+    def write_shard(self, index: int, table: pa.Table, row_group_size: int | None = None) -> ShardInfo:
+        """Write ``table`` as shard ``index`` atomically, then record its completion."""
+        with self.shard_file(index) as tmp:
+            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        info = self.shard_info(index, table.num_rows)
+        self.mark_complete(info)
         return info
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:

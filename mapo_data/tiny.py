@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -201,28 +202,39 @@ def _tiny_fingerprint() -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def tiny_model_path() -> Path:
-    """The folder of the tiny model in the diffusers layout, written on first use."""
-    target = _cache_root() / f"tiny-sdxl-v{TINY_MODEL_VERSION}-{_tiny_fingerprint()}"
-    if (target / "model_index.json").is_file():
-        return target
-    from diffusers import StableDiffusionXLPipeline
+def write_folder_once(target: Path, done_file: str, write: Callable[[Path], None]) -> Path:
+    """Make ``target`` by calling ``write(staging_dir)`` unless ``target/done_file`` exists.
 
+    The folder is written beside the target and renamed, so a concurrent or interrupted writer
+    never leaves a half-written model that looks complete.
+    """
+    if (target / done_file).is_file():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a concurrent or interrupted writer never leaves a
-    # half-written model that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        pipe = StableDiffusionXLPipeline(**_tiny_components(), add_watermarker=False)
-        pipe.save_pretrained(staging)
+        write(staging)
         try:
             staging.rename(target)
         except OSError:
-            if not (target / "model_index.json").is_file():
+            if not (target / done_file).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _write_tiny_pipeline(folder: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(**_tiny_components(), add_watermarker=False)
+    pipe.save_pretrained(folder)
+
+
+def tiny_model_path() -> Path:
+    """The folder of the tiny model in the diffusers layout, written on first use."""
+    target = _cache_root() / f"tiny-sdxl-v{TINY_MODEL_VERSION}-{_tiny_fingerprint()}"
+    return write_folder_once(target, "model_index.json", _write_tiny_pipeline)
 
 
 def resolve_model_id(model: str) -> str:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
-from mapo_data.tiny import _cache_root, tiny_vocab_and_merges
+from mapo_data.tiny import _cache_root, tiny_vocab_and_merges, write_folder_once
 
 TINY_CLIP_NAME = "tiny"
 # Bump when the architecture or preprocessing changes: the cache folder name includes it.
@@ -80,24 +78,13 @@ def _tiny_clip_fingerprint() -> str:
 def tiny_clip_path() -> Path:
     """The folder of the tiny CLIP in the Hugging Face layout, written on first use."""
     target = _cache_root() / f"tiny-clip-v{TINY_CLIP_VERSION}-{_tiny_clip_fingerprint()}"
-    if (target / "config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a concurrent or interrupted writer never leaves a
-    # half-written model that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-clip-", dir=target.parent))
-    try:
-        model, processor = _tiny_clip_components()
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return write_folder_once(target, "config.json", _write_tiny_clip)
+
+
+def _write_tiny_clip(folder: Path) -> None:
+    model, processor = _tiny_clip_components()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
 
 
 def resolve_clip_id(model: str) -> str:
