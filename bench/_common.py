@@ -105,7 +105,7 @@ def mid_model(out: Path) -> Path:
 MODELS = {
     # name: (resolution, batch size, warm-up steps, timed steps)
     "tiny": (64, 4, 5, 40),
-    "mid": (256, 1, 2, 6),
+    "mid": (128, 1, 2, 5),
 }
 
 
@@ -117,7 +117,7 @@ def model_path(name: str, work: Path) -> str:
     return str(mid_model(work / "mid-model"))
 
 
-def pairs_folder(work: Path, resolution: int, n: int = 64) -> Path:
+def pairs_folder(work: Path, resolution: int, n: int = 48) -> Path:
     from mapo_train.synthetic import write_synthetic_pairs
 
     folder = work / f"pairs-{resolution}"

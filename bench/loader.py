@@ -5,7 +5,7 @@
 Measures ``mapo_train.data.PairDataset`` (decode both images, resize the shorter side, one crop and
 one flip for the pair, to tensors) in this process, i.e. one worker, and through a DataLoader with
 2 workers, at the tiny model's 64² and at SDXL's 1024² (sources 1152x896 JPEG, like typical
-Pick-a-Pic images). Also the cached dataset's pairs/s (reading stored latents) at 64².
+Pick-a-Pic images).
 Consumption is read from runs/bench-train/train_vs_dpo.json when present (CPU) and estimated
 for SDXL on one H100 from DESIGN.md's FLOP counts.
 """
