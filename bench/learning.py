@@ -6,7 +6,7 @@ on the same pairs, with the same budget, learning rate and seed, through the rea
 Evaluated from checkpoints: held-out implicit accuracy (fixed noise and timesteps) and the share
 of freshly sampled latents judged blocky (mapo_train.synthetic.LatentProbe).
 
-    python bench/learning.py --out runs/bench-learning            # about 5 minutes on 2 cores
+    python bench/learning.py --out runs/bench-learning            # about 2 minutes on 2 cores
     python bench/learning.py --out runs/bench-learning --steps 300 --pretrain-steps 300
 
 Writes learning.json (every curve) and learning.png (the plot) into --out.
