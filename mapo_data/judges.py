@@ -7,6 +7,7 @@ to drop pairs whose chosen image fails a judge. A judge is named by a spec strin
   description of the preferred and the dispreferred side (the style judge);
 - ``nudenet[:THRESHOLD]``: NudeNet's shipped detector, flags exposed content (the safety judge);
 - ``pickscore[:MODEL]``, ``hpsv2[:MODEL]``: CLIP-format human-preference scorers of image + prompt;
+- ``clipscore[:MODEL]``: any CLIP-format model a user names, scoring image against prompt;
 - ``aesthetic[:MODEL]``: the LAION aesthetic predictor (an MLP on CLIP image embeddings).
 
 Every judge returns one float per image per key, so results go straight into a table. Loading
@@ -105,7 +106,7 @@ def _load_error(what: str, model: str, exc: BaseException) -> MapoError:
     )
     return MapoError(
         f"cannot load the {what} {model!r}: {where} ({_first_line(exc)}); "
-        "use a local folder, or clip:tiny for a test run"
+        "give a local copy (JUDGE:FOLDER), or run once with the Hub reachable so its cache holds it"
     )
 
 
@@ -343,9 +344,22 @@ class HPSv2Judge(_PromptClipScorer):
     processor_fallback = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
+class ClipScoreJudge(_PromptClipScorer):
+    """Any CLIP-format model a user names: cos(image, prompt), how well an image matches its prompt.
+
+    The plain cosine (no 2.5 weight or clipping as in CLIPScore papers) keeps it comparable across
+    models; a head-to-head win rate does not depend on the scale anyway.
+    """
+
+    name = "clipscore"
+    primary_key = "clipscore"
+    default_model = "openai/clip-vit-large-patch14"
+
+
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
 AESTHETIC_HEAD_REPO = "trl-lib/ddpo-aesthetic-predictor"
-AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+# The LAION predictor's MLP weights as the DDPO examples publish them (keys layers.{i}.*).
+AESTHETIC_HEAD_FILE = "aesthetic-model.pth"
 #: Name of the head file in a local aesthetic folder (a CLIP model folder plus this file).
 AESTHETIC_LOCAL_HEAD = "aesthetic_head.safetensors"
 
@@ -433,6 +447,7 @@ JUDGES: dict[str, type[Judge]] = {
     "nudenet": NudeNetJudge,
     "pickscore": PickScoreJudge,
     "hpsv2": HPSv2Judge,
+    "clipscore": ClipScoreJudge,
     "aesthetic": AestheticJudge,
 }
 
@@ -443,8 +458,8 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
     name = name.strip().lower()
     if name not in JUDGES:
         raise MapoError(
-            f"unknown judge {spec!r}; choose one of clip:MODEL, nudenet, pickscore[:MODEL], "
-            "hpsv2[:MODEL], aesthetic[:MODEL]"
+            f"unknown judge {spec!r}; choose one of clip:MODEL, nudenet[:THRESHOLD], pickscore[:MODEL], "
+            "hpsv2[:MODEL], clipscore[:MODEL], aesthetic[:MODEL]"
         )
     arg = arg.strip() if sep else ""
     return name, arg or None

@@ -12,6 +12,9 @@ from mapo_train.config import RunConfig
 
 # Where `mapo-train eval` writes its report inside a run folder; linked when present.
 EVAL_REPORT = Path("eval") / "report.md"
+# `mapo-train eval` rewrites what lies between these markers (eval runs after training).
+EVAL_START = "<!-- mapo-eval:start -->"
+EVAL_END = "<!-- mapo-eval:end -->"
 
 TEMPLATE = """\
 ---
@@ -98,11 +101,13 @@ Fixed prompts (rows) and seeds (columns) after training:
 
 ## Evaluation
 
+{{ eval_start }}
 {% if eval_report -%}
 See the [evaluation report]({{ eval_report }}).
 {%- else -%}
 Not evaluated yet: run `mapo-train eval --tuned {{ load_path }} ...`; this card links the report once `{{ eval_report_path }}` exists.
 {%- endif %}
+{{ eval_end }}
 
 Trained with `mapo-train` from the mapo toolkit.
 """
@@ -180,6 +185,8 @@ def render_card(
         prompts=cfg.validation.prompts,
         eval_report=eval_report,
         eval_report_path=EVAL_REPORT.as_posix(),
+        eval_start=EVAL_START,
+        eval_end=EVAL_END,
     )
 
 

@@ -17,19 +17,26 @@ examples:
   mapo-train eval --base tiny --tuned runs/quickstart --preset pick-style --split pixel --num-prompts 8   # CPU
   mapo-train eval --base stabilityai/stable-diffusion-xl-base-1.0 --tuned runs/pixel-mapo \\
       --preset pick-style --split pixel --prompts held_out.txt --out eval/pixel
-  mapo-train eval --tuned runs/mapo --tuned runs/dpo --name mapo --name dpo --preset pick-safety \\
-      --dataset runs/safety-pairs --judge nudenet --judge clip:openai/clip-vit-large-patch14 --judge pickscore
+  mapo-train eval --tuned runs/mapo --tuned runs/dpo --tuned runs/sft --name mapo --name dpo --name sft \\
+      --preset pick-safety --dataset data/safety-pairs --judge nudenet \\
+      --judge clip:openai/clip-vit-large-patch14 --judge pickscore --out eval/safety
+  mapo-train eval --tuned runs/pixel-mapo/pytorch_lora_weights.safetensors --tuned someone/sdxl-pixel-mapo \\
+      --preset pick-style --split pixel --prompts data/pixel-pairs --prompts-split test   # held-out split
 
 judges (--judge, repeatable; default: from --preset):
   clip:MODEL          CLIP style judge: preferred vs dispreferred description (Hub id, folder, or tiny)
   nudenet[:THRESH]    NudeNet exposed-content detector (pip install 'mapo[safety]')
   pickscore[:MODEL]   PickScore of image and prompt
   hpsv2[:MODEL]       HPS v2 of image and prompt (transformers-format checkpoint)
-  aesthetic[:FOLDER]  LAION aesthetic predictor v2
+  clipscore[:MODEL]   any CLIP-format model you name: image-prompt cosine (default: CLIP ViT-L/14)
+  aesthetic[:FOLDER]  LAION aesthetic predictor v2 (FOLDER: a CLIP folder with aesthetic_head.safetensors)
+  Models load from the Hub, its local cache, or a folder; one that cannot be loaded stops the run with
+  one line saying so, before anything is rendered.
 
 outputs (in --out): images/<model>/NNNN.png, grids/base_vs_<model>.png, scores.csv, scores.json,
-report.md, report.json. With one tuned run folder, --out defaults to <run>/eval, which the
-run's model card links.
+report.md, report.json. With one tuned run folder, --out defaults to <run>/eval. The model card
+(README.md) of every evaluated run folder gets its Evaluation section rewritten with the headline
+numbers and a link to the report.
 """
 
 
@@ -77,7 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     prompts = p.add_argument_group("prompts")
     prompts.add_argument(
-        "--prompts", metavar="FILE", help="one context prompt per line (default: the package's prompt set)"
+        "--prompts",
+        metavar="SOURCE",
+        help="context prompts: .txt (one a line), .jsonl/.json/.csv/.parquet, a dataset folder or a Hub "
+        "dataset, as mapo-data build reads them (default: the package's prompt set)",
+    )
+    prompts.add_argument(
+        "--prompts-column", metavar="NAME", help="prompt column (default: caption/prompt/text)"
+    )
+    prompts.add_argument(
+        "--prompts-split", metavar="SPLIT", help="split of a prompt dataset, e.g. a held-out test split"
     )
     prompts.add_argument(
         "--num-prompts", type=int, help="use N prompts (default: all of a file, 32 of the default set)"
@@ -85,7 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument(
         "--dataset",
         metavar="DIR",
-        help="training pairs: prompts found there are left out (default: the run's data.path when local)",
+        help="training pairs (folder, parquet file or Hub id): prompts found there are left out "
+        "(default: the run's data.path)",
+    )
+    prompts.add_argument(
+        "--dataset-split",
+        metavar="SPLIT",
+        help="split trained on (default: the run's data.split, else train)",
     )
     prompts.add_argument("--include-train-prompts", action="store_true", help="keep prompts seen in training")
     prompts.add_argument("--images-per-prompt", type=int, default=1, help="seeds per prompt (default 1)")
@@ -134,8 +156,11 @@ def config_from_args(args: argparse.Namespace):
         dispreferred_text=args.dispreferred_text,
         judges=args.judges,
         prompts=args.prompts,
+        prompts_column=args.prompts_column,
+        prompts_split=args.prompts_split,
         num_prompts=args.num_prompts,
         dataset=args.dataset,
+        dataset_split=args.dataset_split,
         include_train_prompts=args.include_train_prompts,
         out=out,
         seed=args.seed,
@@ -177,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {result.report_md}")
         for grid in result.grids:
             print(f"grid: {grid}")
+        for card in result.cards:
+            print(f"model card updated: {card}")
         for spec, res in result.report["results"].items():
             for label, h2h in res["versus_base"].items():
                 print(

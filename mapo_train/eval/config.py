@@ -38,13 +38,22 @@ class EvalConfig:
     dispreferred_text: str | None = None
     """What the dispreferred side looks like; default: from the preset."""
     judges: list[str] | None = None
-    """Judge specs (clip:MODEL, nudenet, pickscore[:MODEL], hpsv2[:MODEL], aesthetic[:MODEL]); default: from the preset."""
+    """Judge specs (clip:MODEL, nudenet, pickscore[:MODEL], hpsv2[:MODEL], clipscore[:MODEL],
+    aesthetic[:MODEL]); default: from the preset."""
     prompts: str | None = None
-    """A text file with one context prompt per line; default: the package's prompt set."""
+    """Context prompts: a .txt/.jsonl/.json/.csv/.parquet file, a dataset folder or a Hub dataset
+    (as ``mapo-data build`` reads them); default: the package's prompt set."""
+    prompts_column: str | None = None
+    """Column holding the prompts in a table or dataset; default: caption, prompt or text."""
+    prompts_split: str | None = None
+    """Split of a prompt dataset, e.g. its held-out ``test`` split (default: train)."""
     num_prompts: int | None = None
     """How many prompts to use: the first N of a file, or a seeded sample of N from the default set (32)."""
     dataset: str | None = None
-    """Training pairs (a local pair-dataset folder or parquet file): prompts found in it are left out."""
+    """Training pairs (a pair-dataset folder, parquet file or Hub id): prompts found in it are left out;
+    default: the data.path a run folder's training_config.yaml records."""
+    dataset_split: str | None = None
+    """Split the model was trained on; default: the run's data.split, else train."""
     include_train_prompts: bool = False
     """Keep prompts that appear in the training data (by default they are left out)."""
     out: str = "eval"

@@ -157,8 +157,8 @@ def tuned_pipeline(pipe, source: TunedSource, *, label: str, base: str, lora_sca
                 weights = hf_hub_download(source.path, LORA_WEIGHT_NAME)
             except Exception as lora_err:  # any Hub failure means the same here: not loadable
                 raise MapoError(
-                    f"cannot load --tuned {source.spec} from the Hub (offline, or neither unet/ nor "
-                    f"{LORA_WEIGHT_NAME} in it): {_first_informative_line(unet_err)}"
+                    f"cannot load --tuned {source.spec}: no such local path, and not loadable from the Hub "
+                    f"(offline, or neither unet/ nor {LORA_WEIGHT_NAME} in it): {_first_informative_line(unet_err)}"
                 ) from lora_err
             _attach_lora(pipe, weights, label, lora_scale, base)
             kind = "lora"

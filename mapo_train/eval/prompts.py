@@ -7,17 +7,19 @@ out by default, and the report says how many were and against which data the che
 
 from __future__ import annotations
 
-import glob
 import random
 import re
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from mapo_data.errors import MapoError
 
-DEFAULT_PROMPTS_RESOURCE = "default_prompts.txt"
 TRAINING_CONFIG = "training_config.yaml"
+DEFAULT_SOURCE = "the default prompt set"
+
+
+class TrainingDataUnavailable(MapoError):
+    """The training data could not be read, so the held-out check could not run."""
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -25,66 +27,78 @@ def normalize_prompt(prompt: str) -> str:
     return re.sub(r"\s+", " ", prompt).strip().lower()
 
 
-def read_prompt_file(path: str) -> list[str]:
-    """One prompt per line; blank lines and ``#`` comments are skipped."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise MapoError(f"prompt file not found: {path}")
-    try:
-        text = file.read_text("utf-8")
-    except UnicodeDecodeError:
-        raise MapoError(f"{path} is not UTF-8 text") from None
-    prompts = [line.strip() for line in text.splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
+def candidate_prompts(source: str | None, column: str | None = None, split: str | None = None) -> list[str]:
+    """Prompts from ``source`` as ``mapo-data``'s prompt reader takes them (None: the default set).
+
+    Files (.txt, .jsonl, .json, .csv, .parquet), dataset folders and Hub datasets all work, with
+    ``split`` picking a held-out split of a dataset. Blank values are dropped; in a .txt file, lines
+    starting with ``#`` are comments.
+    """
+    from mapo_data.prompts import load_prompts
+
+    prompts = [p.strip() for p in load_prompts(source, column=column, split=split)]
+    is_text_file = source is not None and Path(source).suffix.lower() == ".txt"
+    prompts = [p for p in prompts if p and not (is_text_file and p.startswith("#"))]
     if not prompts:
-        raise MapoError(f"no prompts in {path}: it is empty")
+        raise MapoError(f"no prompts in {source or DEFAULT_SOURCE}: it holds only blanks and comments")
     return prompts
 
 
 def default_prompts() -> list[str]:
-    text = resources.files("mapo_data.resources").joinpath(DEFAULT_PROMPTS_RESOURCE).read_text("utf-8")
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return candidate_prompts(None)
 
 
-def _parquet_files(dataset: str) -> list[str]:
-    path = Path(dataset).expanduser()
-    if path.is_file():
-        return [str(path)]
-    if path.is_dir():
-        files = sorted(glob.glob(str(path / "**" / "*.parquet"), recursive=True))
-        # Hidden temporary shards of an unfinished build are not training data.
-        files = [
-            f for f in files if not any(part.startswith(".") for part in Path(f).relative_to(path).parts)
-        ]
-        if files:
-            return files
-        raise MapoError(f"no parquet files under {dataset}")
-    raise MapoError(
-        f"--dataset {dataset}: not a local folder or parquet file (the held-out check reads local pairs)"
-    )
+def _is_hub_id(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).exists()
 
 
-def training_captions(dataset: str) -> set[str]:
-    """Normalised captions of a local pair dataset (only the caption column is read)."""
+def training_captions(dataset: str, split: str = "train") -> set[str]:
+    """Normalised captions of the pairs a run trained on: the same files mapo-train reads.
+
+    A local folder gives its ``data/<split>-*.parquet`` shards when it has them (so a held-out
+    ``test`` split of the same folder is not mistaken for training data), else every parquet file
+    below it; a Hub id gives the split's caption column (only that column is fetched).
+    """
     import pyarrow.parquet as pq
 
-    captions: set[str] = set()
-    for file in _parquet_files(dataset):
+    from mapo_train.data import resolve_parquet_files
+
+    try:
+        files = resolve_parquet_files(dataset, split)
+    except MapoError as err:
+        raise TrainingDataUnavailable(str(err)) from None
+    if files is None:
+        if not _is_hub_id(dataset):
+            raise TrainingDataUnavailable(
+                f"--dataset {dataset}: no such folder or parquet file (and not a Hub dataset id owner/name)"
+            )
+        from mapo_data.prompts import load_prompts
+
         try:
-            schema = pq.read_schema(file)
-            if "caption" not in schema.names:
-                raise MapoError(f"{file} has no caption column: not a pair dataset")
+            return {normalize_prompt(c) for c in load_prompts(dataset, column="caption", split=split)}
+        except MapoError as err:
+            raise TrainingDataUnavailable(str(err)) from None
+    captions: set[str] = set()
+    for file in files:
+        try:
+            if "caption" not in pq.read_schema(file).names:
+                raise TrainingDataUnavailable(f"{file} has no caption column: not a pair dataset")
             column = pq.read_table(file, columns=["caption"]).column("caption").to_pylist()
         except MapoError:
             raise
         except Exception as err:  # pyarrow raises several types for a damaged file
-            raise MapoError(f"cannot read {file}: {str(err).splitlines()[0] if str(err) else err}") from err
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise TrainingDataUnavailable(f"cannot read {file}: {first}") from err
         captions.update(normalize_prompt(c) for c in column if isinstance(c, str))
     return captions
 
 
-def dataset_from_run(tuned: list[str]) -> str | None:
-    """The local training data a run folder records in its training_config.yaml, if any."""
+def dataset_from_run(tuned: list[str]) -> tuple[str, str] | None:
+    """(data.path, data.split) that a run folder's training_config.yaml records, if any.
+
+    A local path that does not exist from here (a run trained elsewhere) cannot be checked and is
+    skipped; a Hub id is returned, to be read from the Hub or its cache.
+    """
     import yaml
 
     for source in tuned:
@@ -95,9 +109,10 @@ def dataset_from_run(tuned: list[str]) -> str | None:
             data = yaml.safe_load(config.read_text()) or {}
         except yaml.YAMLError:
             continue
-        path = (data.get("data") or {}).get("path") if isinstance(data, dict) else None
-        if isinstance(path, str) and path and Path(path).expanduser().exists():
-            return path
+        section = (data.get("data") or {}) if isinstance(data, dict) else {}
+        path, split = section.get("path"), section.get("split") or "train"
+        if isinstance(path, str) and path and (Path(path).expanduser().exists() or _is_hub_id(path)):
+            return path, str(split)
     return None
 
 
@@ -125,14 +140,20 @@ def select_prompts(
     include_train_prompts: bool,
     seed: int,
     default_count: int,
+    prompts_column: str | None = None,
+    prompts_split: str | None = None,
+    dataset_split: str = "train",
 ) -> PromptSelection:
-    """Read, held-out-filter and cut the prompt list; deterministic for a given seed."""
-    if prompts_file is not None:
-        candidates = read_prompt_file(prompts_file)
-        source = prompts_file
+    """Read, held-out-filter and cut the prompt list; deterministic for a given seed.
+
+    ``prompts_file`` is any source ``mapo-data`` reads prompts from (a file, a dataset folder, a Hub
+    dataset, with ``prompts_split`` for its held-out split); None means the default set.
+    """
+    candidates = candidate_prompts(prompts_file, prompts_column, prompts_split)
+    if prompts_file is None:
+        source = DEFAULT_SOURCE
     else:
-        candidates = default_prompts()
-        source = "the default prompt set"
+        source = prompts_file + (f" (split {prompts_split})" if prompts_split else "")
     # The same prompt twice would count one comparison twice.
     seen: set[str] = set()
     unique = []
@@ -144,7 +165,7 @@ def select_prompts(
     excluded: list[str] = []
     kept_trained = 0
     if dataset is not None:
-        trained = training_captions(dataset)
+        trained = training_captions(dataset, dataset_split)
         if include_train_prompts:
             kept_trained = sum(normalize_prompt(p) in trained for p in unique)
         else:
@@ -161,10 +182,11 @@ def select_prompts(
         count = min(num_prompts or default_count, len(unique))
         # A seeded sample rather than the first N: builds often take the first prompts of the set.
         chosen = random.Random(seed).sample(unique, count)
+    checked = None if dataset is None else f"{dataset} (split {dataset_split})"
     return PromptSelection(
         prompts=chosen,
         source=source,
-        held_out_checked_against=dataset,
+        held_out_checked_against=checked,
         excluded_as_trained=excluded,
         trained_prompts_kept=kept_trained,
     )

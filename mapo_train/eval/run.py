@@ -17,10 +17,16 @@ from typing import Any
 import numpy as np
 
 from mapo_data.errors import MapoError
-from mapo_train.eval.config import EvalConfig
+from mapo_train.eval.card_link import link_report_in_cards
+from mapo_train.eval.config import DEFAULT_NUM_PROMPTS, EvalConfig
 from mapo_train.eval.grid import side_by_side_grid, write_grid
 from mapo_train.eval.models import TunedSource, resolve_tuned, tuned_pipeline
-from mapo_train.eval.prompts import PromptSelection, dataset_from_run, select_prompts
+from mapo_train.eval.prompts import (
+    PromptSelection,
+    TrainingDataUnavailable,
+    dataset_from_run,
+    select_prompts,
+)
 from mapo_train.eval.report import JudgeInfo, summarize, write_report, write_scores
 
 IMAGES_DIR = "images"
@@ -56,6 +62,8 @@ class EvalResult:
     report_json: Path
     grids: list[Path]
     report: dict[str, Any] = field(repr=False)
+    cards: list[Path] = field(default_factory=list)
+    """Model cards (README.md of evaluated run folders) whose Evaluation section now links the report."""
 
 
 def _base_mismatch_warnings(config: EvalConfig, sources: list[TunedSource], labels: list[str]) -> list[str]:
@@ -84,6 +92,38 @@ def _judge_warnings(infos: list[JudgeInfo]) -> list[str]:
         for info in infos
         if info.settings.get("model") == "tiny"
     ]
+
+
+def _choose_prompts(config: EvalConfig) -> tuple[PromptSelection, str | None, list[str]]:
+    """The prompts, the training data they were checked against, and why a check could not run.
+
+    Training data named with --dataset must be readable (an error otherwise); data only found in a
+    run's training_config.yaml (a Hub dataset while offline, say) is checked when it can be, and
+    the report says so when it cannot rather than failing the evaluation.
+    """
+    dataset, split, inferred = config.dataset, config.dataset_split or "train", False
+    if dataset is None:
+        found = dataset_from_run(config.tuned)
+        if found is not None:
+            dataset, run_split = found
+            split, inferred = config.dataset_split or run_split, True
+    kwargs = dict(
+        prompts_file=config.prompts,
+        prompts_column=config.prompts_column,
+        prompts_split=config.prompts_split,
+        num_prompts=config.num_prompts,
+        include_train_prompts=config.include_train_prompts,
+        seed=config.seed,
+        default_count=DEFAULT_NUM_PROMPTS,
+        dataset_split=split,
+    )
+    try:
+        return select_prompts(dataset=dataset, **kwargs), dataset, []
+    except TrainingDataUnavailable as err:
+        if not inferred:
+            raise
+        warning = f"prompts not checked against the run's training data {dataset}: {err}"
+        return select_prompts(dataset=None, **kwargs), None, [warning]
 
 
 def _render_all(
@@ -253,15 +293,7 @@ def run_eval(
     out = Path(config.out)
     # Everything a user can get wrong is checked before the first (slow) image is rendered.
     sources = [resolve_tuned(t) for t in config.tuned]
-    dataset = config.dataset or dataset_from_run(config.tuned)
-    selection: PromptSelection = select_prompts(
-        prompts_file=config.prompts,
-        num_prompts=config.num_prompts,
-        dataset=dataset,
-        include_train_prompts=config.include_train_prompts,
-        seed=config.seed,
-        default_count=32,
-    )
+    selection, dataset, data_warnings = _choose_prompts(config)
     if state.is_main_process and selection.excluded_as_trained:
         log(f"left out {len(selection.excluded_as_trained)} prompt(s) found in the training data {dataset}")
     judges: list[tuple[str, Any]] = []
@@ -344,14 +376,19 @@ def run_eval(
             "scores_json": json_path.relative_to(out).as_posix(),
             "grids": grids,
         },
-        "warnings": _base_mismatch_warnings(config, sources, config.labels[1:]) + _judge_warnings(infos),
+        "warnings": data_warnings
+        + _base_mismatch_warnings(config, sources, config.labels[1:])
+        + _judge_warnings(infos),
         "command": command,
     }
     md_path, report_json = write_report(report, out)
+    # The run's card was written at the end of training; now it can link what eval found.
+    cards = link_report_in_cards(report, config.tuned, config.labels[1:], md_path)
     return EvalResult(
         out=out,
         report_md=md_path,
         report_json=report_json,
         grids=[out / g["path"] for g in grids],
         report=report,
+        cards=cards,
     )

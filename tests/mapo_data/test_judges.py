@@ -121,6 +121,40 @@ def test_pickscore_and_hpsv2_load_a_local_clip_folder_and_score_prompt_alignment
     )
 
 
+def test_clipscore_takes_any_clip_model_a_user_names():
+    folder = str(tiny_clip_path())
+    images = [blocky(np.random.default_rng(3)), smooth(np.random.default_rng(4))]
+    prompts = ["pixel art style image", "realistic photograph"]
+    judge = load_judge(f"clipscore:{folder}")
+    scores = judge.score(images, prompts)["clipscore"]
+    # The cosine of the normalised embeddings, computed here from the backbone directly.
+    expected = np.sum(judge.backbone.embed_images(images) * judge.backbone.embed_texts(prompts), axis=1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    assert judge.settings() == {"judge": "clipscore", "model": folder}
+
+
+@pytest.mark.parametrize(
+    ("spec", "what"),
+    [
+        ("pickscore", "yuvalkirstain/PickScore_v1"),
+        ("hpsv2", "adams-story/HPSv2-hf"),
+        ("clipscore", "openai/clip-vit-large-patch14"),
+        ("aesthetic", "trl-lib/ddpo-aesthetic-predictor"),
+    ],
+)
+def test_hub_scorers_offline_say_what_is_missing(spec, what, monkeypatch):
+    """The default Hub scorers' loading path: offline and uncached, one line naming the weights."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(what, "config.json"), str):
+        pytest.skip(f"{what} is in the local Hub cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MapoError, match="cannot load the .*" + what) as info:
+        load_judge(spec)
+    message = str(info.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE" in message and "JUDGE:FOLDER" in message
+
+
 def test_aesthetic_judge_loads_a_local_clip_with_its_head(tmp_path):
     import shutil
 
@@ -190,7 +224,7 @@ def test_clip_needs_two_different_sides():
 
 
 def test_registry_and_preset_sides():
-    assert set(JUDGES) == {"clip", "nudenet", "pickscore", "hpsv2", "aesthetic"}
+    assert set(JUDGES) == {"clip", "nudenet", "pickscore", "hpsv2", "clipscore", "aesthetic"}
     assert parse_judge_spec("CLIP:C:/models/clip") == ("clip", "C:/models/clip")
     assert describe_preset_sides("pick-style", "pixel") == ("pixel art style image", "realistic photograph")
     assert describe_preset_sides("pick-safety", None) == ("a safe, fully clothed image", "sexual nudity")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from mapo_train.card import EVAL_END, EVAL_START
+
 
 def make_tuned_unet_run(tiny_model_path: Path, out: Path, strength: float = 0.05) -> Path:
     """A run folder like mapo-train writes for full fine-tuning: ``out/unet`` + training_config.yaml."""
@@ -18,6 +20,10 @@ def make_tuned_unet_run(tiny_model_path: Path, out: Path, strength: float = 0.05
             param.add_(strength * torch.randn(param.shape, generator=generator))
     unet.save_pretrained(out / "unet")
     (out / "training_config.yaml").write_text("model:\n  pretrained: tiny\n")
+    # The card's Evaluation span, as mapo-train writes it before any evaluation.
+    (out / "README.md").write_text(
+        f"# run\n\n## Evaluation\n\n{EVAL_START}\nNot evaluated yet.\n{EVAL_END}\n"
+    )
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -98,6 +99,11 @@ def test_end_to_end_full_and_lora_against_base(runs, tmp_path, capsys):
     assert "![base vs full-run](grids/base_vs_full-run.png)" in md
     assert "pixel art style image" in md and "left out" in md
     assert "clip:tiny has random weights" in md  # the test judge is flagged, not passed off as real
+    # The full run's card links the shared report; the LoRA folder is no run (no card to update).
+    assert "model card updated: " + str(runs["full"] / "README.md") in stdout
+    link = os.path.relpath(out / "report.md", runs["full"])  # relative to the card, wherever --out is
+    assert f"({link})" in (runs["full"] / "README.md").read_text()
+    assert not (runs["lora"] / "README.md").exists()
 
     # Deterministic: the same command gives the same images and scores.
     rerun_out = tmp_path / "eval2"
@@ -124,7 +130,9 @@ def test_default_out_is_inside_the_run_folder(runs, capsys, monkeypatch, tmp_pat
             "--num-prompts", "1", "--steps", "1", "--grid-cell", "32"]  # fmt: skip
     code, _, stderr = run_cli(args, capsys)
     assert code == 0, stderr
-    assert (runs["full"] / "eval" / "report.md").is_file()  # where the run's model card links it
+    assert (runs["full"] / "eval" / "report.md").is_file()
+    card = (runs["full"] / "README.md").read_text()  # the run's card now links it
+    assert "Not evaluated yet" not in card and "[eval/report.md](eval/report.md)" in card
 
 
 def bad(runs, out, *extra):

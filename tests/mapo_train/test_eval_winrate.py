@@ -40,6 +40,27 @@ def test_wilson_interval_reference_values(successes, n, low, high):
     assert got == pytest.approx((low, high), abs=1e-5)
 
 
+def test_wilson_interval_by_hand_with_a_half_win():
+    """2.5 points of 4 prompts (2 wins, 1 tie, 1 loss) at 95%, worked through by hand.
+
+    p = 0.625, z = 1.959964, z^2 = 3.841459
+    denominator = 1 + z^2/n = 1 + 0.960365 = 1.960365
+    centre = (p + z^2/(2n)) / denominator = (0.625 + 0.480182) / 1.960365 = 0.563764
+    half = z * sqrt(p(1-p)/n + z^2/(4n^2)) / denominator
+         = 1.959964 * sqrt(0.058594 + 0.060023) / 1.960365 = 1.959964 * 0.344408 / 1.960365 = 0.344337
+    interval = (0.219427, 0.908101)
+    """
+    low, high = wilson_interval(2.5, 4, 0.95)
+    assert (low, high) == pytest.approx((0.219427, 0.908101), abs=2e-6)
+    # The interval is not symmetric about p: Wilson pulls it towards 1/2, unlike p +- z*se.
+    assert 0.625 - low > high - 0.625
+
+
+def test_wilson_interval_by_hand_at_90_percent():
+    # 3 of 20, z = 1.644854, z^2 = 2.705543: denominator 1.135277, centre 0.191705, half 0.130123.
+    assert wilson_interval(3, 20, 0.90) == pytest.approx((0.061582, 0.321828), abs=2e-6)
+
+
 def test_wilson_interval_edges():
     assert wilson_interval(0, 0) == (0.0, 1.0)  # nothing observed, nothing known
     narrow = wilson_interval(500, 1000)
