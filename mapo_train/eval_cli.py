@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prompts.add_argument(
         "--dataset",
-        metavar="DIR",
+        metavar="PAIRS",
         help="training pairs (folder, parquet file or Hub id): prompts found there are left out "
         "(default: the run's data.path)",
     )

@@ -5,5 +5,6 @@
 - ``models``: a tuned UNet or LoRA put onto the base pipeline and taken off again;
 - ``winrate``: win rates, shares and intervals (pure functions);
 - ``grid`` / ``report``: side-by-side PNGs, Markdown and JSON;
+- ``card_link``: the evaluated runs' model cards get the headline numbers and a link to the report;
 - ``run``: the run itself (``run_eval``). The judges live in ``mapo_data.judges``.
 """

@@ -182,6 +182,8 @@ def test_help_shows_an_example(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "mapo-train eval --base tiny --tuned runs/quickstart" in out
+    assert "--tuned runs/mapo --tuned runs/dpo --tuned runs/sft" in out  # several models at once
+    assert "--prompts-split test" in out and "clipscore[:MODEL]" in out
     with pytest.raises(SystemExit) as info:
         main([])  # --tuned is required
     assert info.value.code == 2
