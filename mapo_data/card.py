@@ -102,7 +102,9 @@ def card_metadata(
         tags.append("not-for-all-audiences")
     meta: dict[str, Any] = {
         "pretty_name": pretty_name,
-        "license": "openrail++",
+        # Our builds are SDXL outputs (openrail++); data curated from elsewhere keeps its source's
+        # license, which we cannot know: "other", and the card asks the publisher to set it.
+        "license": "openrail++" if preset else "other",
         "language": ["en"],
         "task_categories": ["text-to-image"],
         "tags": tags,

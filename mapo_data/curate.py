@@ -35,6 +35,7 @@ from mapo_data.filters import (
     FilterCounts,
     FilterPipeline,
     JudgeFilter,
+    LabelFilter,
     NearIdenticalFilter,
     PairFilter,
     SafetyFilter,
@@ -136,7 +137,7 @@ def _now() -> str:
 
 def build_filters(config: CurateConfig, ds: PairDataset) -> list[PairFilter]:
     """The filter chain, in pipeline order (cheap before expensive, memory-keeping last)."""
-    filters: list[PairFilter] = [TieFilter(config.ties), DecodeFilter()]
+    filters: list[PairFilter] = [LabelFilter(), TieFilter(config.ties), DecodeFilter()]
     if config.min_std is not None:
         filters.append(BlankFilter(config.min_std))
     if config.max_phash_distance is not None:
@@ -336,13 +337,25 @@ def _curate_shard(
 
 def curate(config: CurateConfig) -> CurateResult:
     """Filter IN into OUT; see the module docstring for the layout and the resume rules."""
-    from tqdm.auto import tqdm
-
     ds = open_dataset(config.inputs if len(config.inputs) != 1 else config.inputs[0])
     _check_out(config, ds)
     # Judges load before anything is written, so a bad model name leaves OUT untouched.
     pipeline = FilterPipeline(build_filters(config, ds))
     settings = _settings(config, ds, pipeline)
+    try:
+        return _run(config, ds, pipeline, settings)
+    except OSError as err:
+        # A full disk or an unwritable --out is the user's to fix: one line, not a traceback. OUT
+        # has no manifest at this point, so it never looks complete.
+        where = f" ({err.filename})" if err.filename else ""
+        raise MapoError(f"curate stopped: {err.strerror or err}{where}") from err
+
+
+def _run(
+    config: CurateConfig, ds: PairDataset, pipeline: FilterPipeline, settings: dict[str, Any]
+) -> CurateResult:
+    from tqdm.auto import tqdm
+
     _prepare_out(config, settings)
 
     writer = DatasetWriter(config.out)

@@ -3,7 +3,7 @@
 Reasons are counted and reported (``dropped_<reason>``), so a curated dataset says exactly what
 was removed and why. Filters run in a fixed order inside a :class:`FilterPipeline`:
 
-1. per-pair filters without memory (ties, undecodable, blank, near-identical), cheapest first;
+1. per-pair filters without memory (labels, ties, undecodable, blank, near-identical), cheapest first;
 2. batched filters (judges), which score many images per model call;
 3. filters with memory across pairs (duplicate images, caption cap), one pair at a time, which only
    remember pairs that were finally kept.
@@ -122,6 +122,18 @@ class PairFilter:
 
     def import_state(self, state: Any) -> None:
         pass
+
+
+class LabelFilter(PairFilter):
+    """Labels that are not a preference (null, NaN, 1/1, out of range): nothing to learn, so drop.
+
+    Without this a 1/1 pair would pass as a tie and a null label would stop the whole run."""
+
+    name = "labels"
+    reasons = ("invalid_labels",)
+
+    def check(self, pair):
+        return drop("invalid_labels") if pair.row.invalid else KEEP
 
 
 class TieFilter(PairFilter):

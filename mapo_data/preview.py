@@ -2,8 +2,10 @@
 
 People judge a style dataset by looking at it, so the sheet makes the preference obvious: each
 pair is a block of two tiles, labelled "chosen" and "rejected" (decided from the labels, never the
-position), with the caption wrapped underneath. The sheet's size depends only on the layout and the
-number of pairs, never on the images or captions.
+position), with the caption wrapped underneath. When the data records the full prompts
+(``prompt_0``/``prompt_1``, as `mapo-data build` writes), each tile also says what its prompt added
+to the caption, so a reader sees which prefix made which image. The sheet's size depends only on
+the layout, the number of pairs and whether prompts are shown, never on the images or captions.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mapo_data.errors import MapoError
 from mapo_data.reader import PairDataset, PairRow, decode_image, open_dataset, rows_of
-from mapo_data.schema import REQUIRED_COLUMNS
+from mapo_data.schema import PROMPT_COLUMNS, REQUIRED_COLUMNS
 
 CHOSEN_COLOUR = (22, 128, 60)
 REJECTED_COLOUR = (180, 35, 35)
@@ -33,10 +35,11 @@ class Layout:
     pad: int = 8
     font_size: int = 14
     caption_lines: int = 3
+    prompt_lines: int = 2  # under each tile, when the data has prompt_0/prompt_1
 
     def __post_init__(self):
-        if self.tile < 16 or self.columns < 1 or self.caption_lines < 1:
-            raise MapoError("preview layout: --tile must be >= 16, --columns and caption lines >= 1")
+        if self.tile < 16 or self.columns < 1 or self.caption_lines < 1 or self.prompt_lines < 1:
+            raise MapoError("preview layout: --tile must be >= 16, --columns and caption/prompt lines >= 1")
 
     @property
     def line_height(self) -> int:
@@ -46,17 +49,17 @@ class Layout:
     def block_width(self) -> int:
         return 2 * self.tile + self.pad
 
-    @property
-    def block_height(self) -> int:
-        return self.line_height + self.tile + self.pad + self.caption_lines * self.line_height
+    def block_height(self, prompts: bool = False) -> int:
+        prompt_rows = self.prompt_lines * self.line_height if prompts else 0
+        return self.line_height + self.tile + prompt_rows + self.pad + self.caption_lines * self.line_height
 
-    def sheet_size(self, n_pairs: int) -> tuple[int, int]:
+    def sheet_size(self, n_pairs: int, prompts: bool = False) -> tuple[int, int]:
         cols = max(1, min(self.columns, n_pairs))
         rows = max(1, math.ceil(n_pairs / cols))
         gap = 3 * self.pad  # wider between pairs than inside one, so blocks read as units
         return (
             2 * self.pad + cols * self.block_width + (cols - 1) * gap,
-            2 * self.pad + rows * self.block_height + (rows - 1) * gap,
+            2 * self.pad + rows * self.block_height(prompts) + (rows - 1) * gap,
         )
 
 
@@ -79,7 +82,9 @@ def sample_pairs(ds: PairDataset, n: int, seed: int) -> list[PairRow]:
         position = 0
         todo = iter(local)
         target = next(todo)
-        for batch in ds.iter_batches(shard, batch_size=64, columns=list(REQUIRED_COLUMNS)):
+        names = ds.parquet_file(shard).schema_arrow.names
+        columns = [*REQUIRED_COLUMNS, *(c for c in PROMPT_COLUMNS if c in names)]
+        for batch in ds.iter_batches(shard, batch_size=64, columns=columns):
             end = position + batch.num_rows
             while target is not None and target < end:
                 picked.append(next(rows_of(batch.slice(target - position, 1))))
@@ -144,27 +149,57 @@ def _tile(data: bytes | None, size: int, font) -> Image.Image:
     return tile
 
 
+def prompt_note(prompt: str | None, caption: str) -> str:
+    """What a side's prompt added to the caption: the prefix is what differs between the two sides."""
+    if prompt is None:
+        return ""
+    prompt, caption = prompt.strip(), caption.strip()
+    if caption and prompt.endswith(caption):
+        prefix = prompt[: len(prompt) - len(caption)].strip()
+        return f'"{prefix}" + caption' if prefix else "caption alone"
+    return f'"{prompt}"'
+
+
+def _side_label(
+    pair: PairRow, name: str, position: int, font, width: int
+) -> tuple[str, tuple[int, int, int]]:
+    if pair.invalid:
+        word, colour = "invalid labels", TIE_COLOUR
+    elif pair.tie:
+        word, colour = "tie", TIE_COLOUR
+    else:
+        word, colour = name, CHOSEN_COLOUR if name == "chosen" else REJECTED_COLOUR
+    label = f"{word} (jpg_{position})"
+    return (word if font.getlength(label) > width else label), colour  # small tiles: the word alone
+
+
 def contact_sheet(pairs: list[PairRow], layout: Layout | None = None) -> Image.Image:
     layout = layout or Layout()
     font = _font(layout.font_size)
-    sheet = Image.new("RGB", layout.sheet_size(len(pairs)), (255, 255, 255))
+    prompts = any(p.chosen_prompt is not None for p in pairs)
+    sheet = Image.new("RGB", layout.sheet_size(len(pairs), prompts), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     cols = max(1, min(layout.columns, len(pairs)))
     gap = 3 * layout.pad
     for k, pair in enumerate(pairs):
         x0 = layout.pad + (k % cols) * (layout.block_width + gap)
-        y0 = layout.pad + (k // cols) * (layout.block_height + gap)
-        sides = [("chosen", pair.chosen, CHOSEN_COLOUR), ("rejected", pair.rejected, REJECTED_COLOUR)]
-        for s, (name, data, colour) in enumerate(sides):
+        y0 = layout.pad + (k // cols) * (layout.block_height(prompts) + gap)
+        sides = [
+            ("chosen", pair.chosen, pair.chosen_prompt, pair.chosen_pos),
+            ("rejected", pair.rejected, pair.rejected_prompt, 1 - pair.chosen_pos),
+        ]
+        for s, (name, data, prompt, position) in enumerate(sides):
             x = x0 + s * (layout.tile + layout.pad)
-            position = pair.chosen_pos if name == "chosen" else 1 - pair.chosen_pos
-            word = "tie" if pair.tie else name
-            label = f"{word} (jpg_{position})"
-            if font.getlength(label) > layout.tile:  # small tiles: the word alone
-                label = word
-            draw.text((x, y0), label, fill=TIE_COLOUR if pair.tie else colour, font=font)
+            label, colour = _side_label(pair, name, position, font, layout.tile)
+            draw.text((x, y0), label, fill=colour, font=font)
             sheet.paste(_tile(data, layout.tile, font), (x, y0 + layout.line_height))
-        y = y0 + layout.line_height + layout.tile + layout.pad
+            if prompts:
+                y = y0 + layout.line_height + layout.tile
+                note = prompt_note(prompt, pair.caption)
+                for line in wrap_caption(note, font, layout.tile, layout.prompt_lines):
+                    draw.text((x, y), line, fill=colour, font=font)
+                    y += layout.line_height
+        y = y0 + layout.block_height(prompts) - layout.caption_lines * layout.line_height
         for line in wrap_caption(pair.caption, font, layout.block_width, layout.caption_lines):
             draw.text((x0, y), line, fill=(0, 0, 0), font=font)
             y += layout.line_height

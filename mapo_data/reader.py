@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from mapo_data.schema import (
     IMAGE_COLUMNS,
     LABEL_COLUMNS,
     MANIFEST_NAME,
+    PROMPT_COLUMNS,
     PairFormatError,
+    Preference,
     check_columns,
     preference_from_labels,
 )
@@ -218,6 +221,24 @@ def check_dataset(ds: PairDataset) -> None:
 # --- rows -----------------------------------------------------------------------------------------
 
 
+def label_problem(label_0: Any, label_1: Any) -> str | None:
+    """Why two labels are not a preference (None when they are: 1/0, 0/1 or a 0.5/0.5 tie).
+
+    Pick-a-Pic-style files from elsewhere can hold nulls, NaN or 1/1; those pairs must be dropped
+    or reported, never silently read as a tie (equal labels) or as "jpg_1 chosen"."""
+    if label_0 is None or label_1 is None:
+        return "label is null"
+    try:
+        a, b = float(label_0), float(label_1)
+    except (TypeError, ValueError):
+        return f"labels are not numbers ({label_0!r}, {label_1!r})"
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return f"labels are not finite ({label_0}, {label_1})"
+    if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a + b - 1) > 1e-6:
+        return f"labels ({label_0}, {label_1}) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)"
+    return None
+
+
 @dataclass(frozen=True)
 class PairRow:
     """One pair with chosen/rejected resolved from the labels."""
@@ -227,20 +248,36 @@ class PairRow:
     rejected: bytes | None
     chosen_pos: int  # 0 or 1
     tie: bool
+    #: Why the labels are not a preference (then chosen_pos is 0 and means nothing); None: valid.
+    invalid: str | None = None
+    #: The full prompts that rendered the chosen and the rejected image, when the data has them.
+    chosen_prompt: str | None = None
+    rejected_prompt: str | None = None
 
 
 def rows_of(batch: pa.RecordBatch) -> Iterator[PairRow]:
     """Pairs of a record batch; labels decide which image is the chosen one."""
-    cols = {name: batch.column(name).to_pylist() for name in (CAPTION, *IMAGE_COLUMNS, *LABEL_COLUMNS)}
+    has_prompts = all(c in batch.schema.names for c in PROMPT_COLUMNS)
+    names = [CAPTION, *IMAGE_COLUMNS, *LABEL_COLUMNS, *(PROMPT_COLUMNS if has_prompts else ())]
+    cols = {name: batch.column(name).to_pylist() for name in names}
     for i in range(batch.num_rows):
-        pref = preference_from_labels(cols["label_0"][i], cols["label_1"][i])
+        invalid = label_problem(cols["label_0"][i], cols["label_1"][i])
+        pref = (
+            preference_from_labels(cols["label_0"][i], cols["label_1"][i])
+            if invalid is None
+            else Preference(chosen=0, tie=False)
+        )
         images = (cols["jpg_0"][i], cols["jpg_1"][i])
+        prompts = (cols["prompt_0"][i], cols["prompt_1"][i]) if has_prompts else (None, None)
         yield PairRow(
             caption=cols[CAPTION][i] or "",
             chosen=images[pref.chosen],
             rejected=images[1 - pref.chosen],
             chosen_pos=pref.chosen,
             tie=pref.tie,
+            invalid=invalid,
+            chosen_prompt=prompts[pref.chosen],
+            rejected_prompt=prompts[1 - pref.chosen],
         )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from mapo_data.filters import normalise_caption
-from mapo_data.reader import PairDataset, open_dataset
+from mapo_data.reader import PairDataset, label_problem, open_dataset
 from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, preference_from_labels
 
 # Word-count buckets for the caption histogram (upper bounds, inclusive).
@@ -97,6 +97,7 @@ def compute_stats(ds: PairDataset) -> dict[str, Any]:
     caption_keys: set[bytes] = set()
     chosen_at = [0, 0]
     ties = 0
+    invalid_labels = 0
     label_types = set()
     shard_bytes = 0
     uncompressed = 0
@@ -129,10 +130,10 @@ def compute_stats(ds: PairDataset) -> dict[str, Any]:
             for l0, l1 in zip(
                 batch.column("label_0").to_pylist(), batch.column("label_1").to_pylist(), strict=True
             ):
-                try:
-                    pref = preference_from_labels(l0, l1)
-                except (TypeError, ValueError):
+                if label_problem(l0, l1):
+                    invalid_labels += 1
                     continue
+                pref = preference_from_labels(l0, l1)
                 if pref.tie:
                     ties += 1
                 else:
@@ -166,6 +167,7 @@ def compute_stats(ds: PairDataset) -> dict[str, Any]:
             "chosen_in_jpg_0": chosen_at[0],
             "chosen_in_jpg_1": chosen_at[1],
             "ties": ties,
+            "invalid": invalid_labels,
         },
         "provenance": provenance_summary(ds.manifest),
     }
@@ -200,7 +202,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"p90 {cap['words']['p90']:g}, max {cap['words']['max']}; chars median {cap['chars']['p50']:g}",
         f"             words histogram: {counts(cap['words_histogram'])}",
         f"labels       chosen in jpg_0: {lab['chosen_in_jpg_0']}, in jpg_1: {lab['chosen_in_jpg_1']}, "
-        f"ties: {lab['ties']} ({'/'.join(lab['dtype'])})",
+        f"ties: {lab['ties']}, invalid: {lab['invalid']} ({'/'.join(lab['dtype'])})",
     ]
     prov = stats.get("provenance")
     if prov:

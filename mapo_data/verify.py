@@ -6,7 +6,6 @@ sha256 of every shard, every row, every image. It does not stop at the first pro
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from mapo_data.reader import (
     ShardRef,
     decode_image,
     discover_parquet,
+    label_problem,
     load_manifest,
     manifest_shards,
 )
@@ -34,7 +34,7 @@ from mapo_data.schema import (
     PROMPT_COLUMNS,
     REQUIRED_COLUMNS,
 )
-from mapo_data.shards import sha256_file
+from mapo_data.shards import STATE_DIR, sha256_file
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class VerifyReport:
     shards: int = 0
     pairs: int = 0
     images: int = 0
+    has_manifest: bool = False  # without one there are no sha256 or row counts to compare
 
     @property
     def ok(self) -> bool:
@@ -95,17 +96,6 @@ def _check_manifest(manifest: dict[str, Any], report: VerifyReport) -> None:
         seen.add(path)
 
 
-def _labels_problem(l0: Any, l1: Any) -> str | None:
-    if l0 is None or l1 is None:
-        return "label is null"
-    a, b = float(l0), float(l1)
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return f"labels are not finite ({l0}, {l1})"
-    if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a + b - 1) > 1e-6:
-        return f"labels ({l0}, {l1}) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)"
-    return None
-
-
 def _check_rows(
     pf: pq.ParquetFile, shard: ShardRef, preset: dict[str, Any] | None, report: VerifyReport
 ) -> int:
@@ -117,6 +107,9 @@ def _check_rows(
     for batch in pf.iter_batches(batch_size=32, columns=columns):
         data = {c: batch.column(c).to_pylist() for c in columns}
         for i in range(batch.num_rows):
+            if CAPTION in data and data[CAPTION][i] is None:
+                # Trainers tokenize the caption; a null stops them mid-epoch.
+                report.add(shard.rel, row, "caption is null")
             for col in IMAGE_COLUMNS:
                 if col not in data:
                     continue
@@ -127,7 +120,7 @@ def _check_rows(
                     report.add(shard.rel, row, f"{col} does not decode ({_short(err)})")
             if all(c in data for c in LABEL_COLUMNS):
                 l0, l1 = data["label_0"][i], data["label_1"][i]
-                problem = _labels_problem(l0, l1)
+                problem = label_problem(l0, l1)
                 if problem:
                     report.add(shard.rel, row, problem)
                 elif check_prompts and float(l0) != float(l1):
@@ -186,7 +179,10 @@ def _shards_to_check(paths: list[Path], report: VerifyReport) -> tuple[list[Shar
         files = discover_parquet(root)
         if not files:
             raise DatasetError(f"{root}: not a dataset folder (no {MANIFEST_NAME} and no parquet files)")
-        report.add(MANIFEST_NAME, None, "missing (the folder is incomplete or not made by mapo-data)")
+        if (root / STATE_DIR).is_dir():
+            # Our tools write the manifest last: their state without one is a run that did not finish.
+            report.add(MANIFEST_NAME, None, "missing: an unfinished build/curate run (rerun it to complete)")
+        # Otherwise a plain Pick-a-Pic-style folder: nothing promised, so only the shards are checked.
         return [ShardRef(p, p.relative_to(root).as_posix()) for p in files], None, root
     shards = []
     for p in paths:
@@ -239,6 +235,7 @@ def verify_dataset(paths: str | Path | list[str | Path], progress: bool = False)
         raise DatasetError(f"{items[0]}: no such file or folder")
     report = VerifyReport()
     shards, manifest, _ = _shards_to_check(items, report)
+    report.has_manifest = manifest is not None
     preset = (manifest or {}).get("preset") or None
     total = 0
     for shard in tqdm(shards, unit="shard", desc="verify", disable=not progress):

@@ -27,7 +27,10 @@ def verify(
 
     report = verify_dataset(list(inputs) if len(inputs) > 1 else inputs[0], progress=progress)
     if report.ok:
-        typer.echo(f"ok: {report.pairs} pairs in {report.shards} shards, {report.images} images decoded")
+        note = "" if report.has_manifest else " (no manifest: no sha256 or row counts to compare)"
+        typer.echo(
+            f"ok: {report.pairs} pairs in {report.shards} shards, {report.images} images decoded{note}"
+        )
         return
     for problem in report.problems[:max_problems]:
         typer.echo(str(problem))
@@ -50,6 +53,8 @@ def preview(
     columns: int = typer.Option(2, help="Pairs per row of the sheet."),
 ) -> None:
     """Write a contact sheet: sampled pairs, chosen beside rejected, captions under them.
+
+    When the data records the full prompts (prompt_0/prompt_1), each image says what its prompt added to the caption, so you see which prefix made which side.
 
     Example: mapo-data preview runs/pixel --out pairs.png --n 16 --seed 0
     """

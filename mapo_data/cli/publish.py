@@ -62,8 +62,7 @@ def push(
 ) -> None:
     """Upload shards, card, manifest, preview and curation report to a Hub dataset repo.
 
-    The token comes from HF_TOKEN or `hf auth login` and is never printed. A rerun uploads only what
-    changed; shards no longer in the manifest are deleted from the repo.
+    The token comes from HF_TOKEN or `hf auth login` and is never printed. A rerun uploads only what changed; shards no longer in the manifest are deleted from the repo. The default is a private repo; a pick-safety dataset is gated and needs --allow-public-unsafe to go public.
 
     Example: mapo-data push runs/pixel-curated --repo-id me/pick-style-pixel --dry-run
     """

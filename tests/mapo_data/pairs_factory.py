@@ -170,6 +170,25 @@ def write_pickapic_parquet(path: Path, pairs: list[Pair]) -> Path:
     return path
 
 
+def write_labels_parquet(path: Path, labels: list[tuple]) -> Path:
+    """Pick-a-Pic-style parquet with the given float labels (None: null) and good images."""
+    import pyarrow.parquet as pq
+
+    pairs = good_pairs(len(labels))
+    table = pa.table(
+        {
+            "caption": [p.caption for p in pairs],
+            "jpg_0": [p.chosen for p in pairs],
+            "jpg_1": [p.rejected for p in pairs],
+            "label_0": pa.array([lab[0] for lab in labels], pa.float64()),
+            "label_1": pa.array([lab[1] for lab in labels], pa.float64()),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
 def rewrite_shard(root: Path, index: int, edit) -> None:
     """Replace shard ``index`` with ``edit(table)`` and update the manifest to match (a consistent
     dataset whose rows carry a planted defect)."""

@@ -13,7 +13,14 @@ import pytest
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from mapo_data.card import card_context, render_card_text, size_category, templates_dir
-from tests.mapo_data.pairs_factory import CREATED, PRESET, run_cli, write_mapo_dataset
+from tests.mapo_data.pairs_factory import (
+    CREATED,
+    PRESET,
+    good_pairs,
+    run_cli,
+    write_mapo_dataset,
+    write_pickapic_parquet,
+)
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 
@@ -141,7 +148,8 @@ def test_card_snapshot(template):
 @pytest.mark.parametrize("template", ["pick-style", "pick-safety", "custom"])
 def test_card_yaml_is_what_the_hub_expects(template):
     manifest, stats = inputs_for(template)
-    card = DatasetCard(render_card_text(card_context(manifest, stats, repo_id="someone/pairs")))
+    context = card_context(manifest, stats, repo_id="someone/pairs", has_preview=True)
+    card = DatasetCard(render_card_text(context))
     data = card.data
     assert isinstance(data, DatasetCardData)
     assert data.license == "openrail++"
@@ -160,6 +168,8 @@ def test_card_yaml_is_what_the_hub_expects(template):
         assert "not-for-all-audiences" in data.tags
         assert card.text.lstrip().startswith("> **Content warning.**")
         assert "gated" in card.text and data.extra_gated_prompt
+        # The contact sheet shows the explicit rejected images: linked, never inline on the card.
+        assert "](preview.png)" in card.text and "![" not in card.text
     else:
         assert "not-for-all-audiences" not in data.tags
         assert "Content warning" not in card.text
@@ -190,6 +200,20 @@ def test_card_command_on_a_dataset_folder(tmp_path, capsys):
     (root / "manifest.json").unlink()
     code, _, err = run_cli(capsys, "card", str(root))
     assert code == 2 and err.startswith("error: ") and "manifest.json" in err
+
+
+def test_card_of_data_curated_from_elsewhere_claims_nothing_it_cannot_know(tmp_path, capsys):
+    """Pick-a-Pic-format input has no preset: the card must not describe our prefix build or license."""
+    src = write_pickapic_parquet(tmp_path / "pap" / "train-0.parquet", good_pairs(3))
+    out = tmp_path / "curated"
+    assert run_cli(capsys, "curate", str(src.parent), "--out", str(out), "--no-progress")[0] == 0
+    code, stdout, _ = run_cli(capsys, "card", str(out), "--no-preview")
+    assert code == 0 and "template custom" in stdout
+    card = DatasetCard.load(out / "README.md")
+    assert card.data.license == "other"
+    assert "source's" in card.text and "set `license`" in card.text
+    assert "openrail" not in card.text and "renders one context prompt twice" not in card.text
+    assert "Pair curation (`mapo-data curate`): 3 of 3 pairs kept." in card.text
 
 
 def test_templates_are_found_in_the_checkout():

@@ -17,6 +17,7 @@ from tests.mapo_data.pairs_factory import (
     good_pairs,
     noise,
     run_cli,
+    write_labels_parquet,
     write_mapo_dataset,
     write_pickapic_parquet,
 )
@@ -58,6 +59,7 @@ def test_curate_counts_reasons_and_writes_a_complete_dataset(tmp_path, capsys):
 
     report = json.loads((out / "curation_report.json").read_text())
     assert report["dropped"] == {
+        "invalid_labels": 0,
         "tie": 0,
         "undecodable": 1,
         "blank": 1,
@@ -99,6 +101,35 @@ def test_pickapic_input_ties_and_float_labels(tmp_path, capsys):
         capsys, "curate", str(src), "--out", str(tmp_path / "keep"), "--ties", "keep", "--no-progress"
     )
     assert code == 0 and "kept 4 of 4" in stdout
+
+
+def test_labels_that_are_not_a_preference_are_dropped_not_fatal(tmp_path, capsys):
+    # Foreign files can hold nulls, NaN or 1/1: reported and dropped, never read as a tie or a crash.
+    labels = [(1.0, 0.0), (None, 0.0), (float("nan"), 1.0), (1.0, 1.0), (0.5, 0.5), (0.0, 1.0)]
+    src = write_labels_parquet(tmp_path / "odd.parquet", labels)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys, "curate", str(src), "--out", str(out), "--ties", "keep", "--no-progress"
+    )
+    assert code == 0, err
+    assert "kept 3 of 6" in stdout and "invalid_labels 3" in stdout and "ties seen: 1" in stdout
+    table = pq.read_table(out / "data" / "train-00000.parquet")
+    labels = zip(table.column("label_0").to_pylist(), table.column("label_1").to_pylist(), strict=True)
+    assert list(labels) == [
+        (1.0, 0.0),
+        (0.5, 0.5),
+        (0.0, 1.0),
+    ]
+    assert verify_dataset(out).ok
+
+
+def test_unwritable_out_is_a_one_line_error(tmp_path, capsys):
+    src = write_mapo_dataset(tmp_path / "in", 2)
+    (tmp_path / "a-file").write_text("x")
+    assert_one_line_error(
+        *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "a-file" / "out"), "--no-progress"),
+        "Not a directory",
+    )
 
 
 def test_rerun_skips_completed_shards_and_remembers_state(tmp_path, capsys):

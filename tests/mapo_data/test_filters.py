@@ -18,6 +18,7 @@ from mapo_data.filters import (
     FilterPipeline,
     HashIndex,
     JudgeFilter,
+    LabelFilter,
     NearIdenticalFilter,
     SafetyFilter,
     TieFilter,
@@ -65,6 +66,13 @@ def test_near_identical_pair():
     assert reason(f, cand(encode(img), buf.getvalue())) == "near_identical"
     assert reason(f, cand(A, B)) is None
     assert reason(NearIdenticalFilter(max_distance=64), cand(A, B)) == "near_identical"
+
+
+def test_labels_that_are_not_a_preference():
+    f = LabelFilter()
+    bad = Candidate(0, PairRow("x", A, B, chosen_pos=0, tie=False, invalid="label is null"))
+    assert reason(f, bad) == "invalid_labels"
+    assert reason(f, cand(A, B)) is None and reason(f, cand(A, B, tie=True)) is None
 
 
 def test_ties_keep_or_drop():
@@ -180,6 +188,21 @@ def test_judge_drops_pairs_it_disagrees_with(tiny_clip_judge):
     wide = JudgeFilter(tiny_clip_judge, "clip:tiny", margin=gap + 1e-6)
     assert wide.check_batch([cand(low, high)])[0].keep
     assert f.settings()["preferred"] == "pixel art style image"
+
+
+def test_safety_filter_drops_pairs_whose_chosen_image_is_flagged():
+    """The drop path, with a stand-in detector (no test image should be explicit)."""
+
+    class Flags:
+        def score(self, images, prompts):
+            # Flags the first image only; only chosen images are scored.
+            return {"nudenet_unsafe": np.array([1.0, 0.0]), "nudenet_score": np.array([0.9, 0.1])}
+
+    f = SafetyFilter(Flags(), "nudenet")
+    unsafe, safe = cand(A, B, i=0), cand(B, A, i=1)
+    assert [v.reason for v in f.check_batch([unsafe, safe])] == ["unsafe_chosen", None]
+    assert unsafe.scores == {"safety_chosen_unsafe": 1, "safety_chosen_score": 0.9}
+    assert safe.scores["safety_chosen_unsafe"] == 0
 
 
 def test_safety_filter_with_nudenet_keeps_safe_chosen_images():

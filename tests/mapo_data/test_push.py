@@ -24,6 +24,7 @@ from tests.mapo_data.pairs_factory import (
     noise,
     run_cli,
     write_mapo_dataset,
+    write_pickapic_parquet,
 )
 
 TOKEN = "hf_" + "s3cr3tT0kenValue" * 2
@@ -129,6 +130,25 @@ def test_staged_folder_loads_back_with_the_same_rows_and_features(published, tmp
     assert pq.read_metadata(published / EXPECTED[1]).num_rows == 0  # an empty shard loads too
     assert loaded.features == Features.from_arrow_schema(source.schema)
     assert loaded.to_list() == source.to_pylist()
+
+
+def test_staged_pickapic_curation_with_judge_scores_loads_back(tmp_path, capsys):
+    """Foreign input (pandas metadata, float labels, extra columns) plus added score columns: the
+    card's dataset_info features must match what datasets reads, or the Hub load would fail."""
+    pairs = good_pairs(4)
+    pairs[1].chosen_pos = 1
+    src = write_pickapic_parquet(tmp_path / "pap" / "train-0.parquet", pairs)
+    out = tmp_path / "curated"
+    judge = ["--judge", "clip:tiny", "--judge-preferred", "a cat", "--judge-dispreferred", "a dog"]
+    code, _, err = run_cli(capsys, "curate", str(src), "--out", str(out), *judge, "--judge-margin", "1")
+    assert code == 0, err
+    write_card(out, make_preview=False)
+    files, _ = staged_files(out)
+    loaded = load_dataset(str(stage(files, tmp_path / "staged")), split="train")
+    source = pq.read_table(out / "data" / "train-00000.parquet")
+    assert loaded.features == Features.from_arrow_schema(source.schema)
+    assert loaded.to_list() == source.to_pylist() and loaded.num_rows == 4
+    assert {"ranking_id", "judge_chosen_pref_prob"} <= set(loaded.column_names)
 
 
 def test_dry_run_lists_files_and_destination_without_a_token(published, capsys, monkeypatch):

@@ -13,6 +13,7 @@ from tests.mapo_data.pairs_factory import (
     good_pairs,
     noise,
     run_cli,
+    write_labels_parquet,
     write_mapo_dataset,
     write_pickapic_parquet,
 )
@@ -49,6 +50,35 @@ def test_pickapic_parquet_float_labels_and_ties(tmp_path):
         rows = [r for b in ds.iter_all() for r in rows_of(b)]
         assert [(r.chosen_pos, r.tie) for r in rows] == [(1, False), (0, False), (0, True)]
         assert rows[0].chosen == pairs[0].chosen
+
+
+def test_rows_with_labels_that_are_not_a_preference(tmp_path, capsys):
+    labels = [(1.0, 0.0), (None, 0.0), (float("nan"), 1.0), (1.0, 1.0), (2.0, -1.0), (0.5, 0.5)]
+    ds = open_dataset(write_labels_parquet(tmp_path / "odd.parquet", labels))
+    rows = [r for b in ds.iter_all() for r in rows_of(b)]
+    assert [r.invalid for r in rows] == [
+        None,
+        "label is null",
+        "labels are not finite (nan, 1.0)",
+        "labels (1.0, 1.0) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)",
+        "labels (2.0, -1.0) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)",
+        None,
+    ]
+    assert [r.tie for r in rows] == [False, False, False, False, False, True]  # 1/1 is not a tie
+    # Every reader copes: stats counts them, preview draws them, verify names the rows.
+    code, out, _ = run_cli(capsys, "stats", str(tmp_path / "odd.parquet"))
+    assert code == 0 and "ties: 1, invalid: 4" in out
+    code, out, _ = run_cli(
+        capsys, "preview", str(tmp_path / "odd.parquet"), "--out", str(tmp_path / "p.png"), "--tile", "32"
+    )
+    assert code == 0 and "6 pairs" in out
+    code, out, _ = run_cli(capsys, "verify", str(tmp_path / "odd.parquet"), "--no-progress")
+    assert code == 1 and [line.split(": ", 1)[0].rsplit(" ", 1)[-1] for line in out.splitlines()] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
 
 
 def test_not_a_dataset_folder(tmp_path, capsys):

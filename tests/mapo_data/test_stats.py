@@ -26,7 +26,13 @@ def test_stats_of_a_mapo_folder(tmp_path, capsys):
     assert stats["bytes"] == sum(p.stat().st_size for p in (root / "data").glob("*.parquet"))
     assert stats["images"]["formats"] == {"JPEG": 8, "PNG": 2}
     assert stats["images"]["sizes"] == {"32x32": 8, "48x48": 2}
-    assert stats["labels"] == {"dtype": ["int64"], "chosen_in_jpg_0": 4, "chosen_in_jpg_1": 1, "ties": 0}
+    assert stats["labels"] == {
+        "dtype": ["int64"],
+        "chosen_in_jpg_0": 4,
+        "chosen_in_jpg_1": 1,
+        "ties": 0,
+        "invalid": 0,
+    }
     assert stats["captions"]["unique"] == 5
     assert stats["captions"]["words"]["min"] == 3 and stats["captions"]["words"]["max"] == 6
     assert (
@@ -50,7 +56,13 @@ def test_stats_of_pickapic_parquet_with_ties_and_duplicate_captions(tmp_path, ca
     pairs[3].caption = "  A photo of thing NUMBER 0"
     path = write_pickapic_parquet(tmp_path / "pap.parquet", pairs)
     stats = dataset_stats(path)
-    assert stats["labels"] == {"dtype": ["double"], "chosen_in_jpg_0": 3, "chosen_in_jpg_1": 0, "ties": 1}
+    assert stats["labels"] == {
+        "dtype": ["double"],
+        "chosen_in_jpg_0": 3,
+        "chosen_in_jpg_1": 0,
+        "ties": 1,
+        "invalid": 0,
+    }
     assert stats["captions"]["unique"] == 3
     assert stats["provenance"] is None
     code, out, _ = run_cli(capsys, "stats", str(path))

@@ -58,6 +58,17 @@ def test_labels_that_are_not_a_preference(tmp_path):
     ]
 
 
+def test_null_caption(tmp_path):
+    root = write_mapo_dataset(tmp_path / "ds", 2, shard_size=2)
+
+    def null_caption(table: pa.Table) -> pa.Table:
+        captions = pa.array([None, "kept"], pa.string())
+        return table.set_column(table.schema.get_field_index("caption"), "caption", captions)
+
+    rewrite_shard(root, 0, null_caption)
+    assert problems(root)[0] == "data/train-00000.parquet row 0: caption is null"
+
+
 def test_swapped_labels_contradict_the_prompts(tmp_path):
     root = write_mapo_dataset(tmp_path / "ds", 3, shard_size=3)
 
@@ -106,8 +117,8 @@ def test_truncated_and_corrupt_shards(tmp_path, capsys):
 
 def test_missing_manifest_and_missing_columns(tmp_path, capsys):
     root = write_mapo_dataset(tmp_path / "ds", 2)
-    (root / "manifest.json").unlink()
-    assert problems(root) == ["manifest.json: missing (the folder is incomplete or not made by mapo-data)"]
+    (root / "manifest.json").unlink()  # our state is there: a run that did not finish
+    assert problems(root) == ["manifest.json: missing: an unfinished build/curate run (rerun it to complete)"]
 
     def drop_labels(table: pa.Table) -> pa.Table:
         return table.drop_columns(["label_1"])
@@ -120,10 +131,13 @@ def test_missing_manifest_and_missing_columns(tmp_path, capsys):
     assert_one_line_error(*run_cli(capsys, "verify", str(tmp_path / "empty")), "not a dataset folder")
 
 
-def test_plain_pickapic_parquet_with_ties(tmp_path):
+def test_plain_pickapic_parquet_with_ties(tmp_path, capsys):
     pairs = good_pairs(3)
     pairs[1].tie = True
     pairs[2].chosen_pos = 1
-    path = write_pickapic_parquet(tmp_path / "pap.parquet", pairs)
-    report = verify_dataset(path)
-    assert report.ok and report.pairs == 3 and report.images == 6
+    path = write_pickapic_parquet(tmp_path / "pap" / "train-0.parquet", pairs)
+    for source in (path, path.parent):  # the file, or its folder (no manifest: nothing promised)
+        report = verify_dataset(source)
+        assert report.ok and report.pairs == 3 and report.images == 6 and not report.has_manifest
+    code, out, _ = run_cli(capsys, "verify", str(path.parent), "--no-progress")
+    assert code == 0 and out.startswith("ok: 3 pairs in 1 shards, 6 images decoded (no manifest")
