@@ -135,8 +135,24 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def check_device(device: str) -> None:
+    """A judge device that torch cannot use is the user's typo or a CPU-only install: say so in one line."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as err:
+        raise MapoError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise MapoError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise MapoError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
 def build_filters(config: CurateConfig, ds: PairDataset) -> list[PairFilter]:
     """The filter chain, in pipeline order (cheap before expensive, memory-keeping last)."""
+    if config.judge or config.safety_judge:
+        check_device(config.device)
     filters: list[PairFilter] = [LabelFilter(), TieFilter(config.ties), DecodeFilter()]
     if config.min_std is not None:
         filters.append(BlankFilter(config.min_std))

@@ -78,6 +78,9 @@ def staged_files(root: Path) -> tuple[list[StagedFile], dict]:
     if not (root / CARD_NAME).is_file():
         raise MapoError(f"{root}: no {CARD_NAME}; run `mapo-data card {root}` first")
     ds = open_dataset(root)  # sizes, row counts and columns against the manifest
+    if ds.num_pairs() == 0:
+        # An empty repo would only fail later, in every user's load_dataset ("no data").
+        raise MapoError(f"{root}: the dataset has no pairs (all dropped?); nothing to publish")
     files = []
     for shard in ds.shards:
         if shard.sha256 and sha256_file(shard.path) != shard.sha256:

@@ -197,7 +197,21 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_complete_out(tmp_path, caps
         *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o2"), "--judge", "clip:/no/such/model"),
         "cannot load",
     )
-    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    assert_one_line_error(
+        *run_cli(
+            capsys,
+            "curate",
+            str(src),
+            "--out",
+            str(tmp_path / "o3"),
+            "--judge",
+            "clip:tiny",
+            "--device",
+            "gpu0",
+        ),
+        "not a torch device",
+    )
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
 
     # Shard 1's first page header is damaged (footer intact, so opening works): curate fails
     # mid-run and OUT has no manifest.
