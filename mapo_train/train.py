@@ -243,7 +243,11 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
             device,
         ),
         reference=reference,
-        inference_scheduler=EulerDiscreteScheduler.from_pretrained(components.base, subfolder="scheduler"),
+        # Sample with the prediction type the UNet is trained for (model.prediction_type may
+        # override the base scheduler's).
+        inference_scheduler=EulerDiscreteScheduler.from_pretrained(
+            components.base, subfolder="scheduler", prediction_type=components.prediction_type
+        ),
     )
     if resume_path is not None:
         state = ckpt.load_checkpoint(accelerator, resume_path)
@@ -451,7 +455,7 @@ def fit(run: Run) -> None:
     batches = iter(loader)
     try:
         while run.global_step < t.max_steps:
-            batch = next(batches)
+            batch = _next_batch(batches)
             if cfg.data.streaming:
                 run.data.consumed(batch)
             pairs_read += len(batch["captions"])
@@ -488,17 +492,17 @@ def fit(run: Run) -> None:
             if not accelerator.sync_gradients:
                 continue
 
+            lr = run.lr_scheduler.get_last_lr()[0]  # the rate this step used, before it moves on
             run.lr_scheduler.step()
             if run.ema is not None:
                 run.ema.step(run.params)
             run.global_step += 1
             elapsed = time.perf_counter() - started
-            started = time.perf_counter()
             row = _reduce(accelerator, sums)
             sums = {}
             row.update(
                 step=run.global_step,
-                lr=run.lr_scheduler.get_last_lr()[0],
+                lr=lr,
                 grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                 pairs_per_s=pairs_per_step / max(elapsed, 1e-9),
                 bad_pairs=bad_read,
@@ -524,12 +528,30 @@ def fit(run: Run) -> None:
             every = cfg.validation.every_n_steps
             if every and run.global_step % every == 0 and run.global_step < t.max_steps:
                 _validate(run)
+            # Timed from here, so that checkpoints and validation do not count against pairs/s.
+            started = time.perf_counter()
     finally:
         progress.close()
     # The final state is resumable too (e.g. to train further with a higher max_steps).
     if t.checkpoint_every:
         ckpt.save_checkpoint(accelerator, run.out, run.global_step, _trainer_state(run), t.checkpoints_keep)
     _validate(run)
+
+
+def _next_batch(batches):
+    """The next batch; a MapoError raised in a loader worker comes back as its own one line.
+
+    torch re-raises a worker's exception with the worker's whole traceback folded into the
+    message, which would turn a user-facing error (e.g. undecodable data) into a traceback.
+    """
+    try:
+        return next(batches)
+    except MapoError as err:
+        text = str(err)
+        if not text.startswith("Caught ") or "Traceback" not in text:
+            raise
+        last = text.rstrip().splitlines()[-1]
+        raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
 
 
 def _reduce(accelerator, sums: dict[str, float]) -> dict[str, float]:

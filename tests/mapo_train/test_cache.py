@@ -146,8 +146,13 @@ def test_changed_key_makes_a_new_cache(cache_env):
     for override in (
         "data.resolution=16",
         "data.random_flip=false",
+        "data.random_crop=true",
         "data.cache_dtype=float16",
         "data.ties=keep",
+        "data.split=test",
+        "data.max_pairs=2",
+        "model.vae=someone/other-vae",
+        "model.revision=refs/pr/1",
     ):
         assert locate_cache(_cfg(cache_env, "c", override), "no").root != base.root, override
     assert locate_cache(_cfg(cache_env, "d"), "fp16").root != base.root  # encoder precision
@@ -179,7 +184,11 @@ def test_build_resumes_and_skips_complete_shards(cache_env):
     # Position 0 is the undecodable pair: the next position stands in, and it is counted.
     item = data.dataset[(0, 0)]
     assert item["bad"] == 1
-    assert torch.equal(item["mean_w"], data.dataset[(0, 1)]["mean_w"]) or cfg.data.random_flip
+    # It stands in entirely: same latents, and the same flip (drawn for the position it reads).
+    stand_in = data.dataset[(0, 1)]
+    for name in ("mean_w", "std_l", "time_ids_w", "prompt_embeds"):
+        assert torch.equal(item[name], stand_in[name]), name
+    assert not torch.equal(item["mean_w"], data.dataset[(0, 2)]["mean_w"])
 
 
 def test_cache_cli(cache_env, capsys):

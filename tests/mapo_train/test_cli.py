@@ -69,6 +69,30 @@ def test_missing_data_and_resume_errors(tmp_path, capsys):
     assert_one_line_error(code, err, "no checkpoint in")
 
 
+def test_bad_data_errors_are_one_line(tmp_path, capsys):
+    """A dataset empty after filtering, and one whose images all fail to decode in a loader
+    worker (torch folds the worker's traceback into the message; the user sees one line)."""
+    from .conftest import write_pairs
+
+    base = ["--recipe", str(QUICKSTART), "train.report_to=none", "validation.enabled=false"]
+
+    def error_line(err):
+        # Progress bars (datasets, tqdm) may precede the error on stderr, drawn with \r.
+        assert "Traceback" not in err and err.endswith("\n")
+        return err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+
+    ties = write_pairs(tmp_path / "ties.parquet", n=4, ties=4)
+    code, _, err = run_main([*base, f"data.path={ties}", f"train.output_dir={tmp_path / 'a'}"], capsys)
+    line = error_line(err)
+    assert code == 2 and line.startswith("error: no usable pairs") and "4 ties dropped" in line
+    broken = write_pairs(tmp_path / "broken.parquet", n=4, bad=4)
+    argv = [*base, f"data.path={broken}", f"train.output_dir={tmp_path / 'b'}", "data.num_workers=1"]
+    code, _, err = run_main(argv, capsys)
+    line = error_line(err)
+    assert code == 2 and line.startswith("error: 4 pairs in a row could not be decoded")
+    assert "Caught" not in err and "worker" not in err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
 def test_8bit_adam_without_bitsandbytes_is_a_clear_error(tmp_path, capsys):
     argv = ["--recipe", str(QUICKSTART), "train.optimizer=adamw8bit", f"train.output_dir={tmp_path}"]

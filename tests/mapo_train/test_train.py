@@ -142,6 +142,9 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_pa
         "data.proportion_empty_prompts=0.3",
     )
     full = train(tiny_config(pairs_parquet, tmp_path / "a", *settings))
+    # The logged rate is the one each step used: 0 for the warmup step, then cosine from the
+    # peak 1e-3 over the remaining 3 steps (1, 0.75, 0.25 of it).
+    assert [r["lr"] for r in full.history] == pytest.approx([0.0, 1e-3, 7.5e-4, 2.5e-4])
     checkpoint = tmp_path / "a" / "checkpoint-0000002"
     assert checkpoint.is_dir() and (tmp_path / "a" / "checkpoint-0000004").is_dir()
     # A second run picks up from step 2 of the first (as after a crash) and trains to the end.
@@ -241,3 +244,17 @@ def test_mixed_precision_on_cuda(tmp_path, pairs_parquet, precision, finetune, l
     result = train(cfg)
     assert all(math.isfinite(r["loss"]) for r in result.history)
     assert result.validation_grid is not None and result.validation_grid.is_file()
+
+
+def test_prediction_type_override_reaches_training_and_validation(tmp_path, pairs_parquet):
+    """model.prediction_type=v_prediction on an epsilon base: the loss target and the
+    validation sampler both follow the override (a mismatch renders noise)."""
+    from mapo_train.train import setup
+
+    run = setup(tiny_config(pairs_parquet, tmp_path / "out", "model.prediction_type=v_prediction"))
+    try:
+        assert run.components.noise_scheduler.config.prediction_type == "epsilon"  # the base's own
+        assert run.components.prediction_type == "v_prediction"
+        assert run.inference_scheduler.config.prediction_type == "v_prediction"
+    finally:
+        run.accelerator.end_training()
