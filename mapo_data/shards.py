@@ -3,10 +3,14 @@
 Layout::
 
     OUT/
-      data/train-00000.parquet ...   shards, each renamed into place only when complete
+      data/train-00000.parquet ...   shards, moved here from .mapo/staged/ just before the manifest
       manifest.json                  written last: its presence means the folder is complete
       .mapo/config.json              the resolved config of the run that owns the folder
       .mapo/completions/00000.json   one marker per finished shard (rows, bytes, sha256)
+      .mapo/staged/data/...          finished shards of an unfinished run
+
+Finished shards wait in ``.mapo/staged`` until the whole run is done, so that while a run is going
+(or after it was killed) ``datasets.load_dataset(OUT)`` finds no partial dataset that looks whole.
 
 Hidden paths (``.mapo``, temporary ``.*.tmp`` files) are ignored by ``datasets`` and by ``push``.
 """
@@ -99,23 +103,40 @@ class DatasetWriter:
         return self.state_dir / "completions" / f"{index:05d}.json"
 
     def shard_path(self, index: int) -> Path:
+        """Where shard ``index`` lives in the finished dataset."""
         return self.root / shard_name(index, self.split)
 
+    def staged_path(self, index: int) -> Path:
+        """Where shard ``index`` waits until the run is complete."""
+        return self.state_dir / "staged" / shard_name(index, self.split)
+
+    def _existing_file(self, index: int) -> Path | None:
+        for path in (self.staged_path(index), self.shard_path(index)):
+            if path.is_file():
+                return path
+        return None
+
     def completed(self, index: int) -> ShardInfo | None:
-        """The shard's info if its marker exists and the file on disk still matches it."""
+        """The shard's info if its marker exists and the file on disk (staged or final) matches it."""
         marker = self.marker_path(index)
         if not marker.is_file():
             return None
         info = ShardInfo(**read_json(marker))
-        shard = self.root / info.path
-        if not shard.is_file() or shard.stat().st_size != info.bytes:
+        shard = self._existing_file(index)
+        if shard is None or shard.stat().st_size != info.bytes:
             return None
         return info
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files a killed run left behind (hidden ``.*.tmp``); returns how many."""
         removed = 0
-        for folder in (self.shard_path(0).parent, self.marker_path(0).parent, self.root):
+        folders = (
+            self.shard_path(0).parent,
+            self.staged_path(0).parent,
+            self.marker_path(0).parent,
+            self.root,
+        )
+        for folder in folders:
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -125,8 +146,9 @@ class DatasetWriter:
     @contextmanager
     def shard_file(self, index: int) -> Iterator[Path]:
         """Yield a hidden temporary path for shard ``index``; on success it is fsynced and renamed
-        into place, on failure removed. Completion is recorded separately (``mark_complete``)."""
-        final = self.shard_path(index)
+        into the staging area, on failure removed. Completion is recorded separately
+        (``mark_complete``); ``write_manifest`` moves staged shards into ``data/``."""
+        final = self.staged_path(index)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
@@ -141,13 +163,16 @@ class DatasetWriter:
             raise
 
     def shard_info(self, index: int, rows: int) -> ShardInfo:
-        final = self.shard_path(index)
+        """Info of a just-written shard; ``path`` is its place in the finished dataset."""
+        written = self._existing_file(index)
+        if written is None:
+            raise FileNotFoundError(f"shard {index} of {self.root} has not been written")
         return ShardInfo(
             index=index,
-            path=final.relative_to(self.root).as_posix(),
+            path=self.shard_path(index).relative_to(self.root).as_posix(),
             rows=rows,
-            bytes=final.stat().st_size,
-            sha256=sha256_file(final),
+            bytes=written.stat().st_size,
+            sha256=sha256_file(written),
         )
 
     def mark_complete(self, info: ShardInfo) -> None:
@@ -162,6 +187,15 @@ class DatasetWriter:
         return info
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """Move every staged shard into ``data/``, then write the manifest that marks completion.
+
+        A run killed in between is finished by the rerun: markers accept either location.
+        """
+        staged_root = self.state_dir / "staged"
+        for staged in sorted(staged_root.rglob("*.parquet")) if staged_root.is_dir() else []:
+            final = self.root / staged.relative_to(staged_root)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, final)
         path = self.root / MANIFEST_NAME
         atomic_write_json(path, manifest)
         return path

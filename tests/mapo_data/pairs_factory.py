@@ -200,7 +200,8 @@ def rewrite_shard(root: Path, index: int, edit) -> None:
     manifest = json.loads(manifest_path.read_text())
     entry = manifest["shards"][index]
     table = edit(pq.read_table(root / entry["path"]))
-    info = DatasetWriter(root).write_shard(index, table)
+    writer = DatasetWriter(root)
+    info = writer.write_shard(index, table)
     manifest["shards"][index] = {
         "path": info.path,
         "rows": info.rows,
@@ -208,7 +209,7 @@ def rewrite_shard(root: Path, index: int, edit) -> None:
         "sha256": info.sha256,
     }
     manifest["num_pairs"] = sum(s["rows"] for s in manifest["shards"])
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    writer.write_manifest(manifest)  # moves the rewritten shard out of staging into data/
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:

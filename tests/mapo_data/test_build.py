@@ -209,6 +209,9 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists(), "the killed run must not look complete"
+    # Finished shards wait out of sight, so load_dataset(out) cannot pick up a partial dataset.
+    assert not list((out / "data").glob("*.parquet")) if (out / "data").exists() else True
+    assert list((out / ".mapo" / "staged" / "data").glob("*.parquet"))
     done_before = len(list(markers.glob("[0-9]*.json")))
     assert 1 <= done_before < 4
 

@@ -223,8 +223,10 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_complete_out(tmp_path, caps
     out = tmp_path / "half"
     code, stdout, err = run_cli(capsys, "curate", str(src), "--out", str(out), "--no-progress")
     assert_one_line_error(code, stdout, err, "train-00001.parquet")
-    assert (out / "data" / "train-00000.parquet").exists() and not (out / "manifest.json").exists()
-    assert not list((out / "data").glob(".*.tmp"))
+    # Shard 0 is finished but waits in staging: nothing in data/ looks like a dataset yet.
+    assert (out / ".mapo" / "staged" / "data" / "train-00000.parquet").exists()
+    assert not (out / "manifest.json").exists() and not list(out.glob("data/*.parquet"))
+    assert not list(out.rglob(".*.tmp"))
 
 
 def test_clip_judge_scores_go_into_the_output(tmp_path, capsys):
