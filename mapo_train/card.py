@@ -49,7 +49,7 @@ tags:
 
 ```python
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLPipeline{% if not lora %}, UNet2DConditionModel{% endif %}
 {%- if tiny %}
 from mapo_data.tiny import tiny_model_path  # the built-in tiny test model
 
@@ -59,13 +59,11 @@ base = str(tiny_model_path())
 base = "{{ base_model }}"
 {%- endif %}
 {%- if lora %}
-pipe = StableDiffusionXLPipeline.from_pretrained(base, torch_dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline.from_pretrained(base, dtype={{ dtype }})
 pipe.load_lora_weights("{{ load_path }}")
 {%- else %}
-from diffusers import UNet2DConditionModel
-
-unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", torch_dtype={{ dtype }})
-pipe = StableDiffusionXLPipeline.from_pretrained(base, unet=unet, torch_dtype={{ dtype }})
+unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline.from_pretrained(base, unet=unet, dtype={{ dtype }})
 {%- endif %}
 image = pipe("{{ example_prompt }}").images[0]
 ```
