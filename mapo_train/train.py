@@ -382,6 +382,7 @@ def _validate(run: Run) -> None:
                     cfg.validation,
                     cfg.validation.resolution or cfg.data.resolution,
                     run.inference_scheduler,
+                    step=run.global_step,
                 )
         finally:
             if on_cache:

@@ -219,7 +219,9 @@ def test_validation_grids_checkpoint_pruning_and_bad_images(tmp_path):
     assert grids == ["step-0000000.png", "step-0000002.png", "step-0000004.png"]
     from PIL import Image
 
-    assert Image.open(out / "validation" / "step-0000004.png").size == (3 * 64, 2 * 64)
+    from mapo_train.validation import grid_size
+
+    assert Image.open(out / "validation" / "step-0000004.png").size == grid_size(2, 3, (64, 64))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000003", "checkpoint-0000004"]
     assert "validation/step-0000004.png" in (out / "README.md").read_text()
     assert result.history[-1]["bad_pairs"] >= 0
