@@ -50,11 +50,11 @@ from mapo_data.errors import MapoError
 from mapo_data.shards import atomic_write_json, read_json
 from mapo_train.config import RunConfig
 from mapo_train.data import (
-    PairBatchSampler,
     PairIndex,
     crop_and_flip,
     decode_image,
     index_table,
+    indexed_loader,
     load_pair_table,
     pair_rng,
     to_tensor,
@@ -554,13 +554,16 @@ class CachedPairData:
     def loader(
         self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
     ) -> torch.utils.data.DataLoader:
-        sampler = PairBatchSampler(len(self.index), batch_size, seed, rank, world, start_step)
-        return torch.utils.data.DataLoader(
+        return indexed_loader(
             self.dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_cached,
-            num_workers=num_workers,
-            prefetch_factor=2 if num_workers else None,
+            len(self.index),
+            collate_cached,
+            batch_size,
+            seed,
+            rank,
+            world,
+            start_step,
+            num_workers,
         )
 
 

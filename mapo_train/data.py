@@ -260,21 +260,28 @@ class PairDataset(torch.utils.data.Dataset):
     def _load(self, epoch: int, position: int) -> dict[str, Any]:
         row = self.table[int(self.index.rows[position])]
         chosen = int(self.index.chosen[position])
-        images = (decode_image(row[IMAGE_COLUMNS[chosen]]), decode_image(row[IMAGE_COLUMNS[1 - chosen]]))
-        rng = pair_rng(self.seed, epoch, position)
-        (img_w, img_l), (ids_w, ids_l) = crop_and_flip(
-            images, self.cfg.resolution, rng, self.cfg.random_crop, self.cfg.random_flip
-        )
-        caption = row[CAPTION] or ""
-        if self.cfg.proportion_empty_prompts and rng.random() < self.cfg.proportion_empty_prompts:
-            caption = ""
-        return {
-            "pixels_w": to_tensor(img_w),
-            "pixels_l": to_tensor(img_l),
-            "caption": caption,
-            "time_ids_w": torch.tensor(ids_w, dtype=torch.float32),
-            "time_ids_l": torch.tensor(ids_l, dtype=torch.float32),
-        }
+        return preprocess_pair(row, chosen, self.cfg, pair_rng(self.seed, epoch, position))
+
+
+def preprocess_pair(
+    row: dict[str, Any], chosen: int, cfg: DataConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Decode a pair (chosen first), crop and flip both images alike, drop the caption for the
+    pair as one with ``proportion_empty_prompts``; shared by the indexed and the streamed paths."""
+    images = (decode_image(row[IMAGE_COLUMNS[chosen]]), decode_image(row[IMAGE_COLUMNS[1 - chosen]]))
+    (img_w, img_l), (ids_w, ids_l) = crop_and_flip(
+        images, cfg.resolution, rng, cfg.random_crop, cfg.random_flip
+    )
+    caption = row[CAPTION] or ""
+    if cfg.proportion_empty_prompts and rng.random() < cfg.proportion_empty_prompts:
+        caption = ""
+    return {
+        "pixels_w": to_tensor(img_w),
+        "pixels_l": to_tensor(img_l),
+        "caption": caption,
+        "time_ids_w": torch.tensor(ids_w, dtype=torch.float32),
+        "time_ids_l": torch.tensor(ids_l, dtype=torch.float32),
+    }
 
 
 def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -331,15 +338,39 @@ class PairData:
     def loader(
         self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
     ) -> torch.utils.data.DataLoader:
-        sampler = PairBatchSampler(len(self.index), batch_size, seed, rank, world, start_step)
-        return torch.utils.data.DataLoader(
+        return indexed_loader(
             self.dataset,
-            batch_sampler=sampler,
-            collate_fn=collate_pairs,
-            num_workers=num_workers,
-            persistent_workers=False,
-            prefetch_factor=2 if num_workers else None,
+            len(self.index),
+            collate_pairs,
+            batch_size,
+            seed,
+            rank,
+            world,
+            start_step,
+            num_workers,
         )
+
+
+def indexed_loader(
+    dataset,
+    length: int,
+    collate,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world: int,
+    start_step: int,
+    num_workers: int,
+) -> torch.utils.data.DataLoader:
+    """A loader over an indexed pair dataset whose seeded batch order resumes at ``start_step``."""
+    sampler = PairBatchSampler(length, batch_size, seed, rank, world, start_step)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+    )
 
 
 def load_pair_data(cfg: DataConfig, seed: int) -> PairData:

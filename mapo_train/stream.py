@@ -28,9 +28,9 @@ import torch
 from PIL import Image
 
 from mapo_data.errors import MapoError
-from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, REQUIRED_COLUMNS
+from mapo_data.schema import LABEL_COLUMNS, REQUIRED_COLUMNS
 from mapo_train.config import DataConfig
-from mapo_train.data import collate_pairs, crop_and_flip, decode_image, resolve_parquet_files, to_tensor
+from mapo_train.data import collate_pairs, preprocess_pair, resolve_parquet_files
 
 log = logging.getLogger(__name__)
 
@@ -132,20 +132,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
             ds.set_epoch(epoch)  # a new pass, reshuffled
 
     def _preprocess(self, row: dict[str, Any], chosen: int, rng: np.random.Generator) -> dict[str, Any]:
-        images = (decode_image(row[IMAGE_COLUMNS[chosen]]), decode_image(row[IMAGE_COLUMNS[1 - chosen]]))
-        (img_w, img_l), (ids_w, ids_l) = crop_and_flip(
-            images, self.cfg.resolution, rng, self.cfg.random_crop, self.cfg.random_flip
-        )
-        caption = row[CAPTION] or ""
-        if self.cfg.proportion_empty_prompts and rng.random() < self.cfg.proportion_empty_prompts:
-            caption = ""
-        return {
-            "pixels_w": to_tensor(img_w),
-            "pixels_l": to_tensor(img_l),
-            "caption": caption,
-            "time_ids_w": torch.tensor(ids_w, dtype=torch.float32),
-            "time_ids_l": torch.tensor(ids_l, dtype=torch.float32),
-        }
+        return preprocess_pair(row, chosen, self.cfg, rng)
 
 
 def collate_stream(items: list[dict[str, Any]]) -> dict[str, Any]:
