@@ -15,6 +15,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,6 +301,24 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
             raise MapoError(
                 f"checkpoint {path} was saved with {field}={then}, but this run has {field}={now}"
             )
+    saved_world, world = state.get("num_processes"), _launched_world_size()
+    if not cfg.data.streaming and saved_world is not None and saved_world != world and _is_launch_main():
+        # The data position is (micro-step x processes x batch); with another process count the
+        # same step lands elsewhere in the epoch's permutation. Allowed (rescaling a job is
+        # legitimate), but the user should know the run no longer repeats an uninterrupted one.
+        print(
+            f"warning: {path} was saved by {saved_world} process(es), this run has {world}: "
+            "training continues from the same step, but the rest of this epoch's data order differs",
+            file=sys.stderr,
+        )
+
+
+def _launched_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_launch_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _reconcile_launch_settings(accelerator, cfg: RunConfig) -> None:
