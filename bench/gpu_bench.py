@@ -123,22 +123,12 @@ def card(device) -> tuple[str, float]:
 
 def bench_generation(c, device, smoke: bool, resolution: int) -> dict:
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler
 
     from mapo_data.render import RenderConfig, render_images
 
     dtype = torch.float32 if smoke else torch.bfloat16
-    pipe = StableDiffusionXLPipeline(
-        vae=c.vae,
-        text_encoder=c.text_encoder,
-        text_encoder_2=c.text_encoder_2,
-        tokenizer=c.tokenizer,
-        tokenizer_2=c.tokenizer_2,
-        unet=c.unet,
-        scheduler=EulerDiscreteScheduler.from_config(c.noise_scheduler.config),
-        add_watermarker=False,
-    ).to(device, dtype)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = c.pipeline(c.unet, EulerDiscreteScheduler.from_config(c.noise_scheduler.config)).to(device, dtype)
     images = 2 if smoke else 8
     steps = 2 if smoke else 30
     prompts = [f"a picture of a cat number {i}" for i in range(images)]

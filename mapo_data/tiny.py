@@ -106,6 +106,22 @@ def tiny_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
+def tiny_text_config(vocab: dict[str, int], num_hidden_layers: int) -> dict:
+    """CLIPTextConfig arguments of the tiny models' text towers (also the tiny CLIP's)."""
+    return dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+
+
 def _tiny_components():
     """Build all pipeline components with a fixed seed (imports are local: torch is heavy)."""
     import torch
@@ -151,19 +167,7 @@ def _tiny_components():
         sample_size=TINY_RESOLUTION,
         scaling_factor=0.13025,  # SDXL's value
     )
-    text_kwargs = dict(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-        projection_dim=32,
-    )
+    text_kwargs = {**tiny_text_config(vocab, num_hidden_layers=3), "projection_dim": 32}
     torch.manual_seed(TINY_SEED + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_kwargs))
     torch.manual_seed(TINY_SEED + 3)

@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mapo_data.tiny import _cache_root, tiny_vocab_and_merges, write_folder_once
+from mapo_data.tiny import _cache_root, tiny_text_config, tiny_vocab_and_merges, write_folder_once
 
 TINY_CLIP_NAME = "tiny"
 # Bump when the architecture or preprocessing changes: the cache folder name includes it.
@@ -34,18 +34,7 @@ def _tiny_clip_components():
     )
 
     vocab, merges = tiny_vocab_and_merges()
-    text_config = dict(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
+    text_config = tiny_text_config(vocab, num_hidden_layers=2)
     vision_config = dict(
         hidden_size=32,
         intermediate_size=37,

@@ -50,11 +50,11 @@ from mapo_data.errors import MapoError
 from mapo_data.shards import atomic_write_json, read_json
 from mapo_train.config import RunConfig
 from mapo_train.data import (
+    IndexedLoaderMixin,
     PairIndex,
     crop_and_flip,
     decode_image,
     index_table,
-    indexed_loader,
     load_pair_table,
     pair_rng,
     to_tensor,
@@ -544,27 +544,13 @@ class CachedEncoder:
 
 
 @dataclass
-class CachedPairData:
+class CachedPairData(IndexedLoaderMixin):
     """The cache's counterpart of ``data.PairData``: an index, a dataset, and a loader."""
 
     root: Path
     index: PairIndex
     dataset: CachedPairDataset
-
-    def loader(
-        self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
-    ) -> torch.utils.data.DataLoader:
-        return indexed_loader(
-            self.dataset,
-            len(self.index),
-            collate_cached,
-            batch_size,
-            seed,
-            rank,
-            world,
-            start_step,
-            num_workers,
-        )
+    collate = staticmethod(collate_cached)
 
 
 def load_cached_pair_data(root: Path, cfg: RunConfig) -> CachedPairData:

@@ -327,13 +327,12 @@ class PairBatchSampler(torch.utils.data.Sampler):
             step = (epoch + 1) * self.steps_per_epoch
 
 
-@dataclass
-class PairData:
-    """Everything the trainer needs from the data side."""
+class IndexedLoaderMixin:
+    """``loader()`` for data that has an ``index``, a ``dataset`` and a ``collate`` function."""
 
-    table: Any
     index: PairIndex
-    dataset: PairDataset
+    dataset: Any
+    collate: Any
 
     def loader(
         self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
@@ -341,7 +340,7 @@ class PairData:
         return indexed_loader(
             self.dataset,
             len(self.index),
-            collate_pairs,
+            self.collate,
             batch_size,
             seed,
             rank,
@@ -349,6 +348,16 @@ class PairData:
             start_step,
             num_workers,
         )
+
+
+@dataclass
+class PairData(IndexedLoaderMixin):
+    """Everything the trainer needs from the data side."""
+
+    table: Any
+    index: PairIndex
+    dataset: PairDataset
+    collate = staticmethod(collate_pairs)
 
 
 def indexed_loader(

@@ -31,6 +31,23 @@ class Components:
     noise_scheduler: Any
     prediction_type: str
 
+    def pipeline(self, unet, scheduler):
+        """An SDXL pipeline over these frozen parts with ``unet`` and ``scheduler`` (no copies)."""
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer=self.tokenizer,
+            tokenizer_2=self.tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
 
 def _load(what: str, fn, *args, **kwargs):
     try:

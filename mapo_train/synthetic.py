@@ -242,19 +242,9 @@ def sample_latents(
 ) -> torch.Tensor:
     """Freshly sampled latents [len(prompts) * len(seeds), C, h, w] from ``unet`` with SDXL's
     pipeline (the trainer's validation sampler, stopped before the VAE decode)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from diffusers import EulerDiscreteScheduler
 
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer=components.tokenizer,
-        tokenizer_2=components.tokenizer_2,
-        unet=unet,
-        scheduler=EulerDiscreteScheduler.from_config(components.noise_scheduler.config),
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = components.pipeline(unet, EulerDiscreteScheduler.from_config(components.noise_scheduler.config))
     was_training = unet.training
     unet.eval()
     try:

@@ -64,19 +64,7 @@ def render_grid(
     components, unet, cfg: ValidationConfig, resolution: int, inference_scheduler, step: int | None = None
 ) -> Image.Image:
     """Render every (prompt, seed) with ``unet`` and the frozen parts of ``components``."""
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer=components.tokenizer,
-        tokenizer_2=components.tokenizer_2,
-        unet=unet,
-        scheduler=inference_scheduler,
-        add_watermarker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = components.pipeline(unet, inference_scheduler)
     was_training = unet.training
     unet.eval()
     images = []

@@ -12,3 +12,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def split_words(value: str | None) -> tuple[str, ...]:
+    """A comma-separated option (``--require-words a,b``) as a tuple, blanks dropped."""
+    return tuple(w.strip() for w in value.split(",") if w.strip()) if value else ()

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from mapo_data.cli.app import app
+from mapo_data.cli.app import app, split_words
 from mapo_data.render import DEFAULT_MODEL
-
-
-def _split_words(value: str | None) -> tuple[str, ...]:
-    return tuple(w.strip() for w in value.split(",") if w.strip()) if value else ()
 
 
 @app.command(
@@ -96,7 +92,7 @@ def build(
         prompt_split=prompt_split,
         num_pairs=num_pairs,
         style_words=style_words,
-        require_words=_split_words(require_words),
+        require_words=split_words(require_words),
         max_tokens=max_tokens,
         seed=seed,
         independent_noise=independent_noise,

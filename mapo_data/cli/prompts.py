@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from mapo_data.cli.app import app
+from mapo_data.cli.app import app, split_words
 
 DEFAULT_TOKENIZER_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
-
-
-def _split_words(value: str | None) -> tuple[str, ...]:
-    return tuple(w.strip() for w in value.split(",") if w.strip()) if value else ()
 
 
 @app.command(
@@ -83,7 +79,7 @@ def prompts(
         max_tokens=max_tokens,
         style_words=style_words or default_style_words(preset),
         style_words_file=style_words_file,
-        require_words=_split_words(require_words),
+        require_words=split_words(require_words),
         num_prompts=num,
         seed=seed,
         max_chars=max_chars,
