@@ -18,6 +18,8 @@ from mapo_data.judges import (
 )
 from mapo_data.tiny_clip import tiny_clip_path
 
+from ..tolerances import CROSS_PATH, SCALED_LOGIT, numpy_kwargs
+
 PIXEL, PHOTO = describe_preset_sides("pick-style", "pixel")
 
 
@@ -87,7 +89,7 @@ def test_clip_judge_ranks_held_out_images_by_style(trained_clip):
     # The probability is the softmax of the scaled similarities, as in CLIP's zero-shot head.
     scale = judge.backbone.logit_scale
     diff = scale * (scores["clip_preferred"] - scores["clip_dispreferred"])
-    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-diff)), rtol=1e-5)
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-diff)), **numpy_kwargs(SCALED_LOGIT))
     # Swapping the sides swaps the verdict: the judge reads the descriptions, not positions.
     swapped = load_judge(f"clip:{trained_clip}", preferred=PHOTO, dispreferred=PIXEL)
     np.testing.assert_allclose(swapped.score(images, prompts)["clip_pref_prob"], 1 - prob, atol=1e-4)
@@ -101,7 +103,7 @@ def test_clip_tiny_is_deterministic_and_batch_independent():
     first = judge.score(images, prompts)
     again = load_judge("clip:tiny", preferred=PIXEL, dispreferred=PHOTO, batch_size=16).score(images, prompts)
     for key in judge.keys:
-        np.testing.assert_allclose(first[key], again[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(first[key], again[key], **numpy_kwargs(SCALED_LOGIT))
     assert np.all((first["clip_pref_prob"] > 0) & (first["clip_pref_prob"] < 1))
     assert np.all(np.abs(first["clip_prompt"]) <= 1 + 1e-6)
     assert judge.settings() == {"judge": "clip", "model": "tiny", "preferred": PIXEL, "dispreferred": PHOTO}
@@ -117,7 +119,9 @@ def test_pickscore_and_hpsv2_load_a_local_clip_folder_and_score_prompt_alignment
     assert list(pick_scores) == ["pickscore"] and list(hps_scores) == ["hpsv2"]
     # Same backbone: PickScore is HPS's cosine times CLIP's logit scale.
     np.testing.assert_allclose(
-        pick_scores["pickscore"], pick.backbone.logit_scale * hps_scores["hpsv2"], rtol=1e-5
+        pick_scores["pickscore"],
+        pick.backbone.logit_scale * hps_scores["hpsv2"],
+        **numpy_kwargs(SCALED_LOGIT),
     )
 
 
@@ -129,7 +133,7 @@ def test_clipscore_takes_any_clip_model_a_user_names():
     scores = judge.score(images, prompts)["clipscore"]
     # The cosine of the normalised embeddings, computed here from the backbone directly.
     expected = np.sum(judge.backbone.embed_images(images) * judge.backbone.embed_texts(prompts), axis=1)
-    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(scores, expected, **numpy_kwargs(CROSS_PATH))
     assert judge.settings() == {"judge": "clipscore", "model": folder}
 
 

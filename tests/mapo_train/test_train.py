@@ -16,6 +16,7 @@ from mapo_train import losses
 from mapo_train.config import config_from_dict
 from mapo_train.train import NonFiniteLossError, train
 
+from ..tolerances import CROSS_PATH, REPLAY
 from .conftest import write_pairs
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -97,8 +98,8 @@ def test_full_finetune_trains_and_loads_back(tmp_path, tiny_model_path, pairs_pa
         # At the first step the policy is the reference: equal losses, DPO loss log 2 (up to the
         # last float bits, which beta = 5000 magnifies).
         first = result.history[0]
-        assert first["ref_loss_w"] == pytest.approx(first["loss_w"], rel=1e-5)
-        assert first["ref_loss_l"] == pytest.approx(first["loss_l"], rel=1e-5)
+        assert first["ref_loss_w"] == pytest.approx(first["loss_w"], **CROSS_PATH)
+        assert first["ref_loss_l"] == pytest.approx(first["loss_l"], **CROSS_PATH)
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
 
 
@@ -123,7 +124,7 @@ def test_lora_trains_and_loads_with_load_lora_weights(tmp_path, tiny_model_path,
     if loss_name == "dpo":
         # Adapters disabled = the reference, and the adapters start as a no-op: log 2 at step 1.
         first = result.history[0]
-        assert first["ref_loss_w"] == pytest.approx(first["loss_w"], rel=1e-5)
+        assert first["ref_loss_w"] == pytest.approx(first["loss_w"], **CROSS_PATH)
         assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
 
 
@@ -152,7 +153,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, pairs_pa
     assert [r["step"] for r in resumed.history] == [3, 4]
     for a, b in zip(full.history[2:], resumed.history, strict=True):
         for key in ("loss", "loss_w", "loss_l", "margin", "accuracy", "lr", "grad_norm"):
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key
+            assert b[key] == pytest.approx(a[key], **REPLAY), key
     wa, wb = (
         load_file(full.weights if finetune == "lora" else full.weights / WEIGHTS),
         load_file(resumed.weights if finetune == "lora" else resumed.weights / WEIGHTS),
