@@ -31,6 +31,7 @@ from mapo_data.schema import BUILD_SCHEMA, FORMAT_NAME, FORMAT_VERSION, MANIFEST
 from mapo_data.shards import STATE_DIR, DatasetWriter, ShardInfo, atomic_write_json, read_json, shard_entries
 
 IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+CHOSEN_POSITIONS = ("random", "first")
 # Settings that change how the work is done but not what is written; a rerun may change them.
 NON_IDENTITY_KEYS = {
     "render.device",
@@ -74,6 +75,10 @@ class BuildConfig:
     """Global seed: prompt sampling and every pair's noise seed derive from it."""
     independent_noise: bool = False
     """Give chosen and rejected different initial noise (default: the same, so only the prefix differs)."""
+    chosen_position: str = "random"
+    """Where the chosen image goes: random (jpg_0 or jpg_1 by a coin seeded from the seed and the pair
+    id, as Pick-a-Pic mixes them, so that a reader ignoring the labels learns nothing from the
+    position) or first (always jpg_0, the layout of builds made before this option)."""
     shard_size: int = 500
     """Pairs per parquet shard."""
     batch_size: int = 4
@@ -95,6 +100,8 @@ class BuildConfig:
             raise MapoError(f"--num-pairs must be at least 1, got {self.num_pairs}")
         if not 1 <= self.quality <= 100:
             raise MapoError(f"--quality must be in 1..100, got {self.quality}")
+        if self.chosen_position not in CHOSEN_POSITIONS:
+            raise MapoError(f"--chosen-position must be random or first, not {self.chosen_position!r}")
 
     def resolved_preset(self) -> Preset:
         return get_preset(self.preset, self.split, self.chosen_prefix, self.rejected_prefix)
@@ -113,6 +120,8 @@ class PairSpec:
     prompt_rejected: str
     seed_chosen: int
     seed_rejected: int
+    chosen_pos: int = 0
+    """Column of the chosen image: 0 (jpg_0) or 1 (jpg_1)."""
 
 
 @dataclass
@@ -133,7 +142,19 @@ def pair_seed(global_seed: int, pair_id: int, side: str = "pair") -> int:
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def plan_pairs(captions: list[str], preset: Preset, seed: int, independent_noise: bool) -> list[PairSpec]:
+def chosen_column(global_seed: int, pair_id: int, mode: str = "random") -> int:
+    """0 or 1: the column (jpg_0 / jpg_1) of pair ``pair_id``'s chosen image.
+
+    ``random``: a fair coin that depends only on (global seed, pair id), so a pair's layout is the
+    same whatever the batch, shard, process count or resume; ``first``: always 0."""
+    if mode == "first":
+        return 0
+    return pair_seed(global_seed, pair_id, "chosen-position") & 1
+
+
+def plan_pairs(
+    captions: list[str], preset: Preset, seed: int, independent_noise: bool, chosen_position: str = "random"
+) -> list[PairSpec]:
     pairs = []
     for pair_id, caption in enumerate(captions):
         if independent_noise:
@@ -141,7 +162,14 @@ def plan_pairs(captions: list[str], preset: Preset, seed: int, independent_noise
         else:
             seeds = (pair_seed(seed, pair_id),) * 2
         pairs.append(
-            PairSpec(pair_id, caption, preset.chosen_prompt(caption), preset.rejected_prompt(caption), *seeds)
+            PairSpec(
+                pair_id,
+                caption,
+                preset.chosen_prompt(caption),
+                preset.rejected_prompt(caption),
+                *seeds,
+                chosen_pos=chosen_column(seed, pair_id, chosen_position),
+            )
         )
     return pairs
 
@@ -188,7 +216,9 @@ def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]
             f"--num-pairs {config.num_pairs} asks for more pairs than the {len(curated.prompts)} prompts "
             "left after curation; give more prompts or a smaller --num-pairs"
         )
-    pairs = plan_pairs(curated.prompts, preset, config.seed, config.independent_noise)
+    pairs = plan_pairs(
+        curated.prompts, preset, config.seed, config.independent_noise, config.chosen_position
+    )
     info = {"source": config.prompts or "mapo default prompts", "curation": curated.steps}
     return pairs, info
 
@@ -206,33 +236,25 @@ def encode_image(image, image_format: str, quality: int) -> bytes:
 def _pair_rows(pairs: list[PairSpec], images: list, config: BuildConfig) -> list[dict[str, Any]]:
     rows = []
     for pair, chosen, rejected in zip(pairs, images[0::2], images[1::2], strict=True):
-        rows.append(
-            {
-                "caption": pair.caption,
-                # Our builds keep the chosen image in position 0; readers still go by the labels.
-                "jpg_0": encode_image(chosen, config.image_format, config.quality),
-                "jpg_1": encode_image(rejected, config.image_format, config.quality),
-                "label_0": 1,
-                "label_1": 0,
-                "pair_id": pair.pair_id,
-                "prompt_0": pair.prompt_chosen,
-                "prompt_1": pair.prompt_rejected,
-                "seed_0": pair.seed_chosen,
-                "seed_1": pair.seed_rejected,
-            }
+        # Rendered chosen then rejected; each image's label, prompt and seed go with it to its column.
+        sides = (
+            (encode_image(chosen, config.image_format, config.quality), 1, pair.prompt_chosen, pair.seed_chosen),
+            (encode_image(rejected, config.image_format, config.quality), 0, pair.prompt_rejected, pair.seed_rejected),
         )
+        columns = sides if pair.chosen_pos == 0 else sides[::-1]
+        row: dict[str, Any] = {"caption": pair.caption, "pair_id": pair.pair_id}
+        for k, (image, label, prompt, seed) in enumerate(columns):
+            row.update({f"jpg_{k}": image, f"label_{k}": label, f"prompt_{k}": prompt, f"seed_{k}": seed})
+        rows.append(row)
     return rows
 
 
 def _write_shard(writer: DatasetWriter, index: int, batches: list[Future]) -> ShardInfo:
     import pyarrow as pa
 
-    from mapo_data.shards import row_group_rows
-
     rows = [row for batch in batches for row in batch.result()]
-    table = pa.Table.from_pylist(rows, schema=BUILD_SCHEMA)
-    per_row = max(1, table.nbytes // max(1, table.num_rows))
-    return writer.write_shard(index, table, row_group_size=row_group_rows(per_row))
+    # Row groups are sized by the writer from the bytes of each row (shards.ROW_GROUP_BYTES).
+    return writer.write_shard(index, pa.Table.from_pylist(rows, schema=BUILD_SCHEMA))
 
 
 def _check_out_folder(out: Path, config: BuildConfig, is_main: bool) -> None:

@@ -23,34 +23,33 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mapo_data.errors import MapoError
 from mapo_data.filters import (
     BlankFilter,
     Candidate,
     CaptionCapFilter,
-    DecodeFilter,
     DuplicateImageFilter,
     FilterCounts,
     FilterPipeline,
     JudgeFilter,
-    LabelFilter,
     NearIdenticalFilter,
     PairFilter,
     SafetyFilter,
     TieFilter,
+    ValidRowFilter,
+    candidates_of,
 )
-from mapo_data.reader import PairDataset, ShardRef, open_dataset, rows_of
+from mapo_data.reader import PairDataset, ShardRef, open_dataset
 from mapo_data.schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
 from mapo_data.shards import (
+    ROW_GROUP_BYTES,
     STATE_DIR,
     DatasetWriter,
     ShardInfo,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
-    row_group_rows,
     shard_entries,
 )
 
@@ -94,6 +93,8 @@ class CurateConfig:
     """Images per judge call."""
     batch_size: int = 64
     """Pairs read per step (memory is bounded by this, not by the dataset)."""
+    row_group_bytes: int = ROW_GROUP_BYTES
+    """Uncompressed bytes per output row group at most (one larger pair gets a group of its own)."""
     overwrite: bool = False
     """Start over in an OUT made with other settings (removes only files our tools write)."""
     progress: bool = True
@@ -121,6 +122,8 @@ class CurateConfig:
             raise MapoError("give both --judge-preferred and --judge-dispreferred, or neither")
         if self.batch_size < 1 or self.judge_batch_size < 1:
             raise MapoError("batch sizes must be at least 1")
+        if self.row_group_bytes < 1:
+            raise MapoError("row_group_bytes must be at least 1")
 
 
 @dataclass
@@ -153,7 +156,8 @@ def build_filters(config: CurateConfig, ds: PairDataset) -> list[PairFilter]:
     """The filter chain, in pipeline order (cheap before expensive, memory-keeping last)."""
     if config.judge or config.safety_judge:
         check_device(config.device)
-    filters: list[PairFilter] = [LabelFilter(), TieFilter(config.ties), DecodeFilter()]
+    # verify's row rule first: nothing verify would reject reaches OUT.
+    filters: list[PairFilter] = [ValidRowFilter(ds.preset), TieFilter(config.ties)]
     if config.min_std is not None:
         filters.append(BlankFilter(config.min_std))
     if config.max_phash_distance is not None:
@@ -320,27 +324,14 @@ def _curate_shard(
 ) -> tuple[ShardInfo, FilterCounts]:
     pf = ds.parquet_file(shard)
     schema = _output_schema(pf.schema_arrow, pipeline.columns())
-    meta = pf.metadata
-    per_row = (
-        meta.row_group(0).total_byte_size / max(1, meta.row_group(0).num_rows) if meta.num_row_groups else 1
-    )
-    group_rows = row_group_rows(int(per_row))
     counts = FilterCounts()
-    with writer.shard_file(index) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as out:
-        buffered: list[pa.RecordBatch] = []
-        buffered_rows = 0
+    # The writer sizes row groups by the bytes of the rows it is given, not by the input's layout.
+    with writer.open_shard(index, schema) as out:
         for batch in ds.iter_batches(shard, batch_size=config.batch_size):
-            candidates = [Candidate(i, row) for i, row in enumerate(rows_of(batch))]
-            kept = pipeline.run(candidates, counts)
+            kept = pipeline.run(candidates_of(batch), counts)
             if kept:
-                buffered.append(_kept_batch(batch, kept, schema))
-                buffered_rows += len(kept)
-            if buffered_rows >= group_rows:
-                out.write_table(pa.Table.from_batches(buffered, schema=schema), row_group_size=group_rows)
-                buffered, buffered_rows = [], 0
+                out.write(_kept_batch(batch, kept, schema))
             bar.update(batch.num_rows)
-        if buffered:
-            out.write_table(pa.Table.from_batches(buffered, schema=schema), row_group_size=group_rows)
     info = writer.shard_info(index, counts.kept)
     # The sidecar first, then the marker: a shard counts as complete only when both exist.
     atomic_write_json(
@@ -374,7 +365,7 @@ def _run(
 
     _prepare_out(config, settings)
 
-    writer = DatasetWriter(config.out)
+    writer = DatasetWriter(config.out, row_group_bytes=config.row_group_bytes)
     total = FilterCounts()
     infos: list[ShardInfo] = []
     skipped = 0

@@ -3,7 +3,7 @@
 Reasons are counted and reported (``dropped_<reason>``), so a curated dataset says exactly what
 was removed and why. Filters run in a fixed order inside a :class:`FilterPipeline`:
 
-1. per-pair filters without memory (labels, ties, undecodable, blank, near-identical), cheapest first;
+1. per-pair filters without memory (the row rule verify applies, ties, blank, near-identical);
 2. batched filters (judges), which score many images per model call;
 3. filters with memory across pairs (duplicate images, caption cap), one pair at a time, which only
    remember pairs that were finally kept.
@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from mapo_data.errors import MapoError
-from mapo_data.reader import PairRow, decode_image
+from mapo_data.reader import ROW_PROBLEM_REASONS, PairRow, decode_image, row_problems, rows_of
+from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, PROMPT_COLUMNS
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,6 +42,8 @@ class Candidate:
     position: int  # row index in its record batch
     row: PairRow
     scores: dict[str, Any] = field(default_factory=dict)  # extra output columns set by filters
+    #: The row's caption, labels and prompts exactly as read (nulls kept), for the row rule.
+    fields: dict[str, Any] = field(default_factory=dict)
     _images: dict[str, Any] = field(default_factory=dict, repr=False)
     _phash: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -51,7 +54,7 @@ class Candidate:
         """The decoded RGB image; raises :class:`Undecodable`."""
         if side not in self._images:
             try:
-                self._images[side] = decode_image(self.data(side)).convert("RGB")
+                self._images[side] = decode_image(self.data(side))
             except Exception as err:  # PIL raises many types for bad bytes
                 self._images[side] = Undecodable(f"{side}: {err}")
         found = self._images[side]
@@ -65,6 +68,15 @@ class Candidate:
         if side not in self._phash:
             self._phash[side] = imagehash.phash(self.image(side))
         return self._phash[side]
+
+    def as_read(self) -> dict[str, Any]:
+        """The row's pair-format columns as read: ``fields`` plus both images in their own columns."""
+        pos = self.row.chosen_pos
+        return {**self.fields, IMAGE_COLUMNS[pos]: self.row.chosen, IMAGE_COLUMNS[1 - pos]: self.row.rejected}
+
+    def side_of(self, column: str) -> str:
+        """``chosen`` or ``rejected``: the side of image column ``jpg_0``/``jpg_1``."""
+        return "chosen" if column == IMAGE_COLUMNS[self.row.chosen_pos] else "rejected"
 
     def pixel_key(self, side: str) -> str:
         """Hash of the decoded pixels: the same picture re-encoded with other metadata still matches."""
@@ -124,16 +136,39 @@ class PairFilter:
         pass
 
 
-class LabelFilter(PairFilter):
-    """Labels that are not a preference (null, NaN, 1/1, out of range): nothing to learn, so drop.
+def candidates_of(batch: pa.RecordBatch) -> list[Candidate]:
+    """The pairs of a record batch as filter candidates, with the fields the row rule reads."""
+    names = [c for c in (CAPTION, *LABEL_COLUMNS, *PROMPT_COLUMNS) if c in batch.schema.names]
+    columns = {name: batch.column(name).to_pylist() for name in names}
+    return [
+        Candidate(i, row, fields={name: values[i] for name, values in columns.items()})
+        for i, row in enumerate(rows_of(batch))
+    ]
 
-    Without this a 1/1 pair would pass as a tie and a null label would stop the whole run."""
 
-    name = "labels"
-    reasons = ("invalid_labels",)
+class ValidRowFilter(PairFilter):
+    """Rows that are not a usable pair: a null caption, an image that does not decode, labels that
+    are not a preference (null, NaN, 1/1, out of range), labels that contradict the full prompts.
+
+    The rule is ``verify``'s own (:func:`mapo_data.reader.row_problems`), so whatever verify would
+    reject never reaches the output; the row is dropped under its first problem. Without this a 1/1
+    pair would pass as a tie, and a null caption would stop a trainer mid-epoch.
+    Images decode through the candidate, once, for every later filter too.
+    """
+
+    name = "valid_row"
+    reasons = ROW_PROBLEM_REASONS
+
+    def __init__(self, preset: dict[str, Any] | None = None):
+        #: The input manifest's preset: with it, labels are checked against the full prompts.
+        self.preset = preset
 
     def check(self, pair):
-        return drop("invalid_labels") if pair.row.invalid else KEEP
+        def decode(column: str, _data: Any) -> Any:
+            return pair.image(pair.side_of(column))
+
+        problems = row_problems(pair.as_read(), self.preset, decode=decode)
+        return drop(problems[0].reason) if problems else KEEP
 
 
 class TieFilter(PairFilter):
@@ -152,21 +187,6 @@ class TieFilter(PairFilter):
 
     def check(self, pair):
         return drop("tie") if pair.row.tie and self.policy == "drop" else KEEP
-
-
-class DecodeFilter(PairFilter):
-    """Both images must decode: a trainer would crash on (or silently skip) broken bytes."""
-
-    name = "undecodable"
-    reasons = ("undecodable",)
-
-    def check(self, pair):
-        try:
-            for side in SIDES:
-                pair.image(side)
-        except Undecodable:
-            return drop("undecodable")
-        return KEEP
 
 
 def image_std(img: Image.Image, thumb: int = 64) -> float:

@@ -138,7 +138,7 @@ def wrap_caption(text: str, font: ImageFont.ImageFont, width: int, max_lines: in
 
 def _tile(data: bytes | None, size: int, font) -> Image.Image:
     try:
-        img = decode_image(data).convert("RGB")
+        img = decode_image(data)
     except Exception:  # an undecodable image is shown, not fatal: the preview is for looking
         tile = Image.new("RGB", (size, size), (200, 200, 200))
         ImageDraw.Draw(tile).text((4, 4), "undecodable", fill=(0, 0, 0), font=font)

@@ -6,10 +6,8 @@ for a dataset of any size. Chosen and rejected are decided from the labels, neve
 
 from __future__ import annotations
 
-import io
 import json
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mapo_data.errors import MapoError
+
+# The one image decode (orientation, transparency, bit depth, bomb limit), re-exported for readers.
+from mapo_data.images import UndecodableImage, decode_image, image_info  # noqa: F401
 from mapo_data.schema import (
     CAPTION,
     IMAGE_COLUMNS,
@@ -25,9 +26,8 @@ from mapo_data.schema import (
     MANIFEST_NAME,
     PROMPT_COLUMNS,
     PairFormatError,
-    Preference,
     check_columns,
-    preference_from_labels,
+    classify_labels,
 )
 from mapo_data.shards import STATE_DIR
 
@@ -221,24 +221,6 @@ def check_dataset(ds: PairDataset) -> None:
 # --- rows -----------------------------------------------------------------------------------------
 
 
-def label_problem(label_0: Any, label_1: Any) -> str | None:
-    """Why two labels are not a preference (None when they are: 1/0, 0/1 or a 0.5/0.5 tie).
-
-    Pick-a-Pic-style files from elsewhere can hold nulls, NaN or 1/1; those pairs must be dropped
-    or reported, never silently read as a tie (equal labels) or as "jpg_1 chosen"."""
-    if label_0 is None or label_1 is None:
-        return "label is null"
-    try:
-        a, b = float(label_0), float(label_1)
-    except (TypeError, ValueError):
-        return f"labels are not numbers ({label_0!r}, {label_1!r})"
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return f"labels are not finite ({label_0}, {label_1})"
-    if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a + b - 1) > 1e-6:
-        return f"labels ({label_0}, {label_1}) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)"
-    return None
-
-
 @dataclass(frozen=True)
 class PairRow:
     """One pair with chosen/rejected resolved from the labels."""
@@ -261,35 +243,99 @@ def rows_of(batch: pa.RecordBatch) -> Iterator[PairRow]:
     names = [CAPTION, *IMAGE_COLUMNS, *LABEL_COLUMNS, *(PROMPT_COLUMNS if has_prompts else ())]
     cols = {name: batch.column(name).to_pylist() for name in names}
     for i in range(batch.num_rows):
-        invalid = label_problem(cols["label_0"][i], cols["label_1"][i])
-        pref = (
-            preference_from_labels(cols["label_0"][i], cols["label_1"][i])
-            if invalid is None
-            else Preference(chosen=0, tie=False)
-        )
+        pref = classify_labels(cols["label_0"][i], cols["label_1"][i])
+        # A tie or an invalid pair has no chosen image; it is shown in file order.
+        pos = 0 if pref.chosen is None else pref.chosen
         images = (cols["jpg_0"][i], cols["jpg_1"][i])
         prompts = (cols["prompt_0"][i], cols["prompt_1"][i]) if has_prompts else (None, None)
         yield PairRow(
             caption=cols[CAPTION][i] or "",
-            chosen=images[pref.chosen],
-            rejected=images[1 - pref.chosen],
-            chosen_pos=pref.chosen,
+            chosen=images[pos],
+            rejected=images[1 - pos],
+            chosen_pos=pos,
             tie=pref.tie,
-            invalid=invalid,
-            chosen_prompt=prompts[pref.chosen],
-            rejected_prompt=prompts[1 - pref.chosen],
+            invalid=pref.reason,
+            chosen_prompt=prompts[pos],
+            rejected_prompt=prompts[1 - pos],
         )
 
 
-def decode_image(data: bytes | None):
-    """Decode image bytes fully (``load`` catches truncated data that ``open`` alone would not)."""
-    from PIL import Image
+@dataclass(frozen=True)
+class RowProblem:
+    """Why one row is not a usable pair."""
 
-    if not data:
-        raise ValueError("empty image bytes")
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
+    reason: str  # a name from ROW_PROBLEM_REASONS: what curate counts it under
+    what: str  # one line for people: what verify reports
+
+
+#: The reasons of :func:`row_problems`, in the order they are checked.
+ROW_PROBLEM_REASONS = ("null_caption", "undecodable", "invalid_labels", "labels_contradict_prompts")
+
+
+def row_problems(
+    row: Mapping[str, Any],
+    preset: Mapping[str, Any] | None = None,
+    decode: Callable[[str, Any], Any] | None = None,
+) -> list[RowProblem]:
+    """Every reason why one row is not a usable pair; empty when it is one.
+
+    The one row rule: ``verify`` reports each problem it returns, ``curate`` drops the row under the
+    first one's reason, so curate's output always passes verify.
+
+    ``row`` maps column names to one row's values as read (nulls as None): ``caption``, ``jpg_0``,
+    ``jpg_1``, ``label_0``, ``label_1`` and, when the data has them, ``prompt_0``/``prompt_1``. A
+    column the row lacks is not checked (the file-level column check reports it once). ``preset``
+    (a manifest's ``preset``) adds the check that the labels agree with the full prompts, as in our
+    builds. ``decode(column, data)`` decodes one image and raises on bad bytes; the default is
+    :func:`decode_image`. Curate passes one that keeps the decoded image for its later filters.
+    """
+    problems = []
+    if CAPTION in row and row[CAPTION] is None:
+        # Trainers tokenize the caption; a null stops them mid-epoch.
+        problems.append(RowProblem("null_caption", "caption is null"))
+    for column in IMAGE_COLUMNS:
+        if column not in row:
+            continue
+        try:
+            if decode is None:
+                decode_image(row[column])
+            else:
+                decode(column, row[column])
+        except Exception as err:  # PIL raises many types for bad bytes
+            problems.append(RowProblem("undecodable", f"{column} does not decode ({_image_error(err)})"))
+    pref = None
+    if all(c in row for c in LABEL_COLUMNS):
+        pref = classify_labels(row[LABEL_COLUMNS[0]], row[LABEL_COLUMNS[1]])
+        if pref.invalid:
+            problems.append(RowProblem("invalid_labels", pref.reason or "labels are not a preference"))
+    if preset and pref is not None and pref.chosen is not None and all(c in row for c in PROMPT_COLUMNS):
+        problem = _prompt_problem(row, preset, pref.chosen)
+        if problem:
+            problems.append(RowProblem("labels_contradict_prompts", problem))
+    return problems
+
+
+def _prompt_problem(row: Mapping[str, Any], preset: Mapping[str, Any], chosen: int) -> str | None:
+    """In our builds the full prompts say which side is which; the labels must agree with them."""
+    from mapo_data.presets import assemble_prompt
+
+    caption = row[CAPTION] or ""
+    expected = (
+        assemble_prompt(preset.get("chosen_prefix") or "", caption),
+        assemble_prompt(preset.get("rejected_prefix") or "", caption),
+    )
+    actual = (row[PROMPT_COLUMNS[chosen]], row[PROMPT_COLUMNS[1 - chosen]])
+    if actual != expected:
+        return f"labels contradict the prompts: the chosen image's prompt is {actual[0]!r}, expected {expected[0]!r}"
+    return None
+
+
+def _image_error(err: BaseException) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(err, UnidentifiedImageError):
+        return "not a recognised image format"
+    return _one_line(err)
 
 
 def is_state_path(rel: str) -> bool:

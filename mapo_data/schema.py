@@ -8,9 +8,14 @@ labels, never from the position. Extra columns carry provenance.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CAPTION = "caption"
 IMAGE_COLUMNS = ("jpg_0", "jpg_1")
@@ -62,19 +67,116 @@ def check_columns(column_names: list[str] | tuple[str, ...], source: str = "tabl
         )
 
 
+# --- the label rule: labels -> chosen / tie / invalid ----------------------------------------
+#
+# The one place that decides what a pair's labels mean; verify, curate, stats, preview, the
+# trainer (indexed, streamed, cached), eval and the cards all ask it. Pick-a-Pic writes 1/0, 0/1
+# and 0.5/0.5. Any two numbers in [0, 1] that sum to 1 are a preference: the larger label marks the
+# chosen image (0.7/0.3 chooses jpg_0), equal labels (then necessarily 0.5/0.5) are a tie.
+# Everything else is invalid and never trained: a null, NaN or infinite label, a label that is not
+# a number (strings, decimals; bools count as 1/0), one outside [0, 1], or a sum other than 1
+# (1/1, 0/0, 2/-1).
+
+#: Outcomes of the label rule. CHOSEN_0 and CHOSEN_1 are the chosen image's position (0 or 1).
+CHOSEN_0, CHOSEN_1, TIE, INVALID = 0, 1, 2, 3
+#: How far from 1 the sum of two labels may be (float labels such as 0.7/0.3 do not sum exactly).
+LABEL_SUM_TOLERANCE = 1e-6
+#: Bumped whenever the rule changes what any labels mean: what was stored from it (a latent cache's
+#: index of trained rows and chosen sides) is then rebuilt, never reused. 1 was the trainer's old
+#: rule (any unequal finite labels were a preference, 1/1 a tie).
+LABEL_RULE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Preference:
-    """Which position holds the chosen image, decided from the labels."""
+    """What a pair's labels say: ``outcome`` is CHOSEN_0, CHOSEN_1, TIE or INVALID."""
 
-    chosen: int  # 0 or 1; for a tie, 0 (callers decide what a tie means)
-    tie: bool
+    outcome: int
+    #: Why the labels are invalid (one line, for reports); None unless the outcome is INVALID.
+    reason: str | None = None
+
+    @property
+    def tie(self) -> bool:
+        return self.outcome == TIE
+
+    @property
+    def invalid(self) -> bool:
+        return self.outcome == INVALID
+
+    @property
+    def chosen(self) -> int | None:
+        """Position of the chosen image (0 or 1); None for a tie or invalid labels."""
+        return self.outcome if self.outcome in (CHOSEN_0, CHOSEN_1) else None
 
 
-def preference_from_labels(label_0: float, label_1: float) -> Preference:
-    """Decide chosen/rejected from a pair's labels (int or float, 0.5/0.5 is a tie)."""
-    l0, l1 = float(label_0), float(label_1)
-    if l0 != l0 or l1 != l1:  # NaN
-        raise PairFormatError(f"labels must be numbers, got {label_0!r}, {label_1!r}")
-    if l0 == l1:
-        return Preference(chosen=0, tie=True)
-    return Preference(chosen=0 if l0 > l1 else 1, tie=False)
+def _as_float(value: Any) -> float | None:
+    """A label cell as a float (an int too large for a float is infinite); None: not a number."""
+    if not isinstance(value, numbers.Real | np.bool_):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def classify_labels(label_0: Any, label_1: Any) -> Preference:
+    """The label rule for one pair (see the comment above); never raises."""
+    if label_0 is None or label_1 is None:
+        return Preference(INVALID, "label is null")
+    a, b = _as_float(label_0), _as_float(label_1)
+    if a is None or b is None:
+        return Preference(INVALID, f"labels are not numbers ({label_0!r}, {label_1!r})")
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return Preference(INVALID, f"labels are not finite ({label_0}, {label_1})")
+    if not (0 <= a <= 1 and 0 <= b <= 1) or abs(a + b - 1) > LABEL_SUM_TOLERANCE:
+        return Preference(
+            INVALID,
+            f"labels ({label_0}, {label_1}) are not a preference (expected 1/0, 0/1 or a 0.5/0.5 tie)",
+        )
+    if a == b:
+        return Preference(TIE)
+    return Preference(CHOSEN_0 if a > b else CHOSEN_1)
+
+
+def is_label_type(dtype: pa.DataType) -> bool:
+    """Whether an Arrow column type can hold labels the rule accepts (integers, floats, bools)."""
+    return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
+
+
+def _label_values(column: Any) -> np.ndarray:
+    """A label column as float64, with NaN wherever the scalar rule sees no number (null, string...)."""
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        if is_label_type(column.type):
+            # Nulls come out as NaN.
+            return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+        return np.full(len(column), np.nan)
+    values = np.asarray(column)
+    if values.dtype.kind in "biuf":
+        return values.astype(np.float64)
+    if values.dtype.kind == "O":
+        cells = [_as_float(v) for v in values.ravel()]
+        return np.array([np.nan if v is None else v for v in cells], dtype=np.float64)
+    return np.full(values.shape, np.nan)  # strings, bytes, dates, complex: not labels
+
+
+def classify_label_columns(label_0: Any, label_1: Any) -> np.ndarray:
+    """The label rule for whole columns: int8 outcomes, one per row, equal to ``classify_labels``
+    row by row. Takes numpy arrays, lists, pandas Series or pyarrow (chunked) arrays of one length."""
+    a, b = _label_values(label_0), _label_values(label_1)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"label columns must be 1-d and of one length, got shapes {a.shape} and {b.shape}")
+    with np.errstate(invalid="ignore"):  # NaN compares false: such rows stay INVALID
+        valid = (
+            np.isfinite(a)
+            & np.isfinite(b)
+            & (a >= 0)
+            & (a <= 1)
+            & (b >= 0)
+            & (b <= 1)
+            & ~(np.abs(a + b - 1) > LABEL_SUM_TOLERANCE)
+        )
+    outcome = np.full(a.shape, INVALID, dtype=np.int8)
+    outcome[valid & (a > b)] = CHOSEN_0
+    outcome[valid & (a < b)] = CHOSEN_1
+    outcome[valid & (a == b)] = TIE
+    return outcome

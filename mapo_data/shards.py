@@ -83,17 +83,119 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def row_group_rows(image_bytes_per_row: int, max_group_bytes: int = 100 * 2**20) -> int:
-    """Rows per parquet row group so a group stays under the Hub viewer's ~100 MB (uncompressed)."""
-    return max(1, min(1000, max_group_bytes // max(1, image_bytes_per_row)))
+# The writer policy of every pair shard (build, curate, and anything else that writes one).
+ROW_GROUP_BYTES = 100_000_000
+"""Target uncompressed bytes of one parquet row group. The Hub dataset viewer refuses a shard whose
+row groups exceed 300 MB (286 MiB) uncompressed; 100 MB leaves a wide margin and keeps pages quick."""
+ROW_GROUP_ROWS = 1000
+"""Most rows in one row group, so that small rows still come in groups a reader can page through."""
+
+
+def row_nbytes(data: pa.Table | pa.RecordBatch) -> list[int]:
+    """Bytes each row occupies in Arrow memory (values plus offsets), one int per row.
+
+    For the plain and dictionary encodings parquet uses, a row group's uncompressed size
+    (``total_byte_size`` in the footer) is this sum or less, plus a few bytes of page headers.
+    """
+    import pyarrow.compute as pc
+
+    sizes = [0] * data.num_rows
+    for column in data.columns:
+        kind = column.type
+        if pa.types.is_binary(kind) or pa.types.is_string(kind):
+            offset = 4
+        elif pa.types.is_large_binary(kind) or pa.types.is_large_string(kind):
+            offset = 8
+        else:
+            offset = None
+        if offset is not None:
+            lengths = pc.binary_length(column).fill_null(0).to_pylist()
+            sizes = [s + n + offset for s, n in zip(sizes, lengths, strict=True)]
+        elif pa.types.is_primitive(kind) and kind.bit_width >= 8:
+            width = kind.bit_width // 8
+            sizes = [s + width for s in sizes]
+        else:  # nested or unusual types: measure each row's slice
+            sizes = [s + column.slice(i, 1).nbytes for i, s in enumerate(sizes)]
+    return sizes
+
+
+class RowGroupWriter:
+    """Write tables or record batches to one parquet file in row groups sized by what goes in.
+
+    A row group is closed before the row that would take it past ``max_bytes`` (see
+    :func:`row_nbytes`) or past ``max_rows`` rows; a single row larger than ``max_bytes`` makes a row
+    group of its own. Sizing by the bytes actually written, not by an estimate from the first rows,
+    keeps every group under the Hub viewer's limit whatever the mix of small and large images.
+    """
+
+    def __init__(
+        self,
+        where: Path | str,
+        schema: pa.Schema,
+        max_bytes: int = ROW_GROUP_BYTES,
+        max_rows: int = ROW_GROUP_ROWS,
+        compression: str = "zstd",
+    ):
+        if max_bytes < 1 or max_rows < 1:
+            raise ValueError("max_bytes and max_rows must be at least 1")
+        self.schema = schema
+        self.max_bytes = max_bytes
+        self.max_rows = max_rows
+        self._writer = pq.ParquetWriter(where, schema, compression=compression)
+        self._pending: list[pa.Table] = []
+        self._bytes = 0
+        self._rows = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Buffer ``data`` (in the writer's schema); full row groups are written as they fill."""
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data], schema=self.schema)
+        start = 0
+        for i, size in enumerate(row_nbytes(data)):
+            if self._rows and (self._bytes + size > self.max_bytes or self._rows >= self.max_rows):
+                self._pending.append(data.slice(start, i - start))
+                self._flush()
+                start = i
+            self._bytes += size
+            self._rows += 1
+        if start < data.num_rows:
+            self._pending.append(data.slice(start))
+
+    def _flush(self) -> None:
+        if self._rows:
+            table = pa.concat_tables(self._pending)
+            self._writer.write_table(table, row_group_size=table.num_rows)
+        self._pending, self._bytes, self._rows = [], 0, 0
+
+    def close(self) -> None:
+        """Write the last row group and the footer."""
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self) -> RowGroupWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the file is thrown away; only release it
+            self._writer.close()
 
 
 class DatasetWriter:
     """Owns one output folder: shard files, their completion markers, and the final manifest."""
 
-    def __init__(self, root: Path | str, split: str = "train"):
+    def __init__(
+        self,
+        root: Path | str,
+        split: str = "train",
+        row_group_bytes: int = ROW_GROUP_BYTES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ):
         self.root = Path(root)
         self.split = split
+        self.row_group_bytes = row_group_bytes
+        self.row_group_rows = row_group_rows
 
     @property
     def state_dir(self) -> Path:
@@ -178,10 +280,19 @@ class DatasetWriter:
     def mark_complete(self, info: ShardInfo) -> None:
         atomic_write_json(self.marker_path(info.index), asdict(info))
 
-    def write_shard(self, index: int, table: pa.Table, row_group_size: int | None = None) -> ShardInfo:
+    @contextmanager
+    def open_shard(self, index: int, schema: pa.Schema) -> Iterator[RowGroupWriter]:
+        """A :class:`RowGroupWriter` for shard ``index`` with this writer's row-group policy, on a
+        temporary file that becomes the staged shard when the block succeeds (see ``shard_file``)."""
+        with self.shard_file(index) as tmp, RowGroupWriter(
+            tmp, schema, max_bytes=self.row_group_bytes, max_rows=self.row_group_rows
+        ) as out:
+            yield out
+
+    def write_shard(self, index: int, table: pa.Table) -> ShardInfo:
         """Write ``table`` as shard ``index`` atomically, then record its completion."""
-        with self.shard_file(index) as tmp:
-            pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
+        with self.open_shard(index, table.schema) as out:
+            out.write(table)
         info = self.shard_info(index, table.num_rows)
         self.mark_complete(info)
         return info

@@ -16,8 +16,17 @@ import numpy as np
 import pyarrow as pa
 
 from mapo_data.filters import normalise_caption
-from mapo_data.reader import PairDataset, label_problem, open_dataset
-from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, preference_from_labels
+from mapo_data.reader import PairDataset, open_dataset
+from mapo_data.schema import (
+    CAPTION,
+    CHOSEN_0,
+    CHOSEN_1,
+    IMAGE_COLUMNS,
+    INVALID,
+    LABEL_COLUMNS,
+    TIE,
+    classify_label_columns,
+)
 
 # Word-count buckets for the caption histogram (upper bounds, inclusive).
 WORD_BUCKETS = (5, 10, 20, 40, 77)
@@ -127,17 +136,12 @@ def compute_stats(ds: PairDataset) -> dict[str, Any]:
                     formats[header[0]] += 1
                     sizes[header[1]] += 1
                     modes[header[2]] += 1
-            for l0, l1 in zip(
-                batch.column("label_0").to_pylist(), batch.column("label_1").to_pylist(), strict=True
-            ):
-                if label_problem(l0, l1):
-                    invalid_labels += 1
-                    continue
-                pref = preference_from_labels(l0, l1)
-                if pref.tie:
-                    ties += 1
-                else:
-                    chosen_at[pref.chosen] += 1
+            labels = classify_label_columns(batch.column("label_0"), batch.column("label_1"))
+            outcomes = np.bincount(labels, minlength=INVALID + 1)
+            chosen_at[0] += int(outcomes[CHOSEN_0])
+            chosen_at[1] += int(outcomes[CHOSEN_1])
+            ties += int(outcomes[TIE])
+            invalid_labels += int(outcomes[INVALID])
     pairs = len(chars)
     chars_arr, words_arr = np.asarray(chars), np.asarray(words)
     return {

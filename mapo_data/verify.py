@@ -13,15 +13,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mapo_data.presets import assemble_prompt
 from mapo_data.reader import (
     DatasetError,
     ShardRef,
-    decode_image,
     discover_parquet,
-    label_problem,
     load_manifest,
     manifest_shards,
+    row_problems,
 )
 from mapo_data.schema import (
     CAPTION,
@@ -33,6 +31,7 @@ from mapo_data.schema import (
     MANIFEST_NAME,
     PROMPT_COLUMNS,
     REQUIRED_COLUMNS,
+    is_label_type,
 )
 from mapo_data.shards import STATE_DIR, sha256_file
 
@@ -70,7 +69,7 @@ def _type_ok(column: str, dtype: pa.DataType) -> bool:
     if column in IMAGE_COLUMNS:
         return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)
     if column in LABEL_COLUMNS:
-        return pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+        return is_label_type(dtype)
     return True
 
 
@@ -101,47 +100,18 @@ def _check_rows(
 ) -> int:
     """Read every row of a shard; returns the number of rows actually read."""
     names = pf.schema_arrow.names
-    check_prompts = bool(preset) and all(c in names for c in PROMPT_COLUMNS)
     columns = [c for c in (*REQUIRED_COLUMNS, *PROMPT_COLUMNS) if c in names]
+    images_per_row = sum(c in names for c in IMAGE_COLUMNS)
     row = 0
     for batch in pf.iter_batches(batch_size=32, columns=columns):
         data = {c: batch.column(c).to_pylist() for c in columns}
         for i in range(batch.num_rows):
-            if CAPTION in data and data[CAPTION][i] is None:
-                # Trainers tokenize the caption; a null stops them mid-epoch.
-                report.add(shard.rel, row, "caption is null")
-            for col in IMAGE_COLUMNS:
-                if col not in data:
-                    continue
-                report.images += 1
-                try:
-                    decode_image(data[col][i])
-                except Exception as err:  # PIL raises many types for bad bytes
-                    report.add(shard.rel, row, f"{col} does not decode ({_short(err)})")
-            if all(c in data for c in LABEL_COLUMNS):
-                l0, l1 = data["label_0"][i], data["label_1"][i]
-                problem = label_problem(l0, l1)
-                if problem:
-                    report.add(shard.rel, row, problem)
-                elif check_prompts and float(l0) != float(l1):
-                    problem = _prompt_problem(data, i, preset, chosen=0 if float(l0) > float(l1) else 1)
-                    if problem:
-                        report.add(shard.rel, row, problem)
+            report.images += images_per_row
+            # The row rule curate drops by: whatever is reported here, curate never writes.
+            for problem in row_problems({c: data[c][i] for c in columns}, preset):
+                report.add(shard.rel, row, problem.what)
             row += 1
     return row
-
-
-def _prompt_problem(data: dict[str, list], i: int, preset: dict[str, Any], chosen: int) -> str | None:
-    """In our builds the full prompts say which side is which; the labels must agree with them."""
-    caption = data[CAPTION][i] or ""
-    expected = (
-        assemble_prompt(preset.get("chosen_prefix") or "", caption),
-        assemble_prompt(preset.get("rejected_prefix") or "", caption),
-    )
-    actual = (data[PROMPT_COLUMNS[chosen]][i], data[PROMPT_COLUMNS[1 - chosen]][i])
-    if actual != expected:
-        return f"labels contradict the prompts: the chosen image's prompt is {actual[0]!r}, expected {expected[0]!r}"
-    return None
 
 
 def _short(err: BaseException) -> str:

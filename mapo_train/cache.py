@@ -14,7 +14,8 @@ in the same order as an on-the-fly run):
 - both encoders' penultimate hidden states side by side and the second encoder's pooled
   projection of the caption; the empty prompt's encoding is stored once, for
   ``data.proportion_empty_prompts``.
-- SDXL's ``add_time_ids`` of each image and flip, and whether the pair decoded at all.
+- SDXL's ``add_time_ids`` of each flip (one row for the pair, stored for each side), and whether
+  the pair decoded at all.
 
 The crop is fixed by the cache: the centre crop, or with ``data.random_crop`` one crop per pair
 drawn once from (seed, row). The flip and the empty prompt are still drawn per (epoch, position)
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from mapo_data.errors import MapoError
+from mapo_data.schema import LABEL_RULE_VERSION
 from mapo_data.shards import atomic_write_json, read_json
 from mapo_train.config import RunConfig
 from mapo_train.data import (
@@ -64,7 +66,8 @@ from mapo_train.encode import EncodedPairs
 log = logging.getLogger(__name__)
 
 # Bump when what is stored, or how, changes: it is part of the key.
-CACHE_VERSION = 1
+# 2: a pair shares the chosen image's frame and one micro-conditioning row (data.crop_and_flip).
+CACHE_VERSION = 2
 COMPLETE_FILE = "complete.json"
 IDENTITY_FILE = "identity.json"
 META_FILE = "meta.safetensors"
@@ -88,28 +91,37 @@ def cache_root(cfg: RunConfig) -> Path:
 
 
 def cache_identity(cfg: RunConfig, dataset_fingerprint: str, mixed_precision: str) -> dict[str, Any]:
-    """Everything the cached tensors depend on; its hash is the cache key."""
-    from mapo_data.tiny import resolve_model_id
+    """Everything the cached tensors depend on; its hash is the cache key.
+
+    The encoders are identified by content (``mapo_data.identity``): the latents by the VAE's
+    files (the base model's ``vae/`` or the separate ``model.vae``), the text encodings by both
+    text encoders' and both tokenizers' files; a Hub model by the commit its revision resolves to.
+    Where the model lies is not part of it; any change to its bytes makes a new key.
+    """
+    from mapo_data.identity import model_identity
     from mapo_train.model import vae_dtype, vae_source
 
     m, d = cfg.model, cfg.data
     vae_id = vae_source(m, mixed_precision)
-    base = m.pretrained
-    if base == "tiny":  # the built-in model's folder name carries its version
-        base = Path(resolve_model_id(base)).name
+    if vae_id is None:
+        vae = model_identity(m.pretrained, ("vae",), m.revision, m.variant)
+    else:  # loaded on its own: no revision, no variant (see model.load_components)
+        vae = model_identity(vae_id)
+    text_parts = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     return {
         "version": CACHE_VERSION,
         "dataset": dataset_fingerprint,
         "split": d.split,
         "ties": d.ties,
+        # Which rows are trained, and which side is chosen, is the label rule's to say.
+        "label_rule": LABEL_RULE_VERSION,
         "max_pairs": d.max_pairs,
         # The seed picks tie winners (ties=keep) and fixed random crops; otherwise it is not used.
         "seed": cfg.train.seed if (d.ties == "keep" or d.random_crop) else None,
-        "model": base,
-        "revision": m.revision,
-        "variant": m.variant,
-        "vae": vae_id or "base",
-        "vae_dtype": str(vae_dtype(mixed_precision, vae_id)).removeprefix("torch."),
+        "vae": vae,
+        "text_encoders": model_identity(m.pretrained, text_parts, m.revision, m.variant),
+        # The precision the latents were encoded in (model.vae_dtype).
+        "vae_dtype": str(vae_dtype(m, mixed_precision)).removeprefix("torch."),
         "text_dtype": mixed_precision,
         "resolution": d.resolution,
         "random_crop": d.random_crop,
@@ -211,7 +223,7 @@ class _EncodeInputs(torch.utils.data.Dataset):
                 images, res, _FixedChoice(top, left, flip), d.random_crop, d.random_flip
             )
             pixels += [to_tensor(imgs[0]), to_tensor(imgs[1])]
-            time_ids += [ids[0], ids[1]]
+            time_ids += [ids, ids]  # one row for both sides, stored per side as the reader expects
         return {
             "ok": True,
             "caption": row[CAPTION] or "",
@@ -228,12 +240,11 @@ def _collate_inputs(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _load_encoders(cfg: RunConfig, mixed_precision: str, device):
     """The VAE and both text encoders on ``device``, in the precision training would use."""
     from mapo_train.encode import SDXLTextEncoder
-    from mapo_train.model import DTYPES, load_components, place, vae_dtype, vae_source
+    from mapo_train.model import DTYPES, load_components, place, vae_dtype
 
     components = load_components(cfg.model, mixed_precision)
     components.unet = None  # not needed here; free it early
-    vae_dt = vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision))
-    place(components.vae, device, vae_dt)
+    place(components.vae, device, vae_dtype(cfg.model, mixed_precision))
     place(components.text_encoder, device, DTYPES[mixed_precision])
     place(components.text_encoder_2, device, DTYPES[mixed_precision])
     text = SDXLTextEncoder(
@@ -551,6 +562,8 @@ class CachedPairData(IndexedLoaderMixin):
     index: PairIndex
     dataset: CachedPairDataset
     collate = staticmethod(collate_cached)
+    # The source table's `datasets` fingerprint, when known: resume checks compare it.
+    fingerprint: str | None = None
 
 
 def load_cached_pair_data(root: Path, cfg: RunConfig) -> CachedPairData:
@@ -583,17 +596,19 @@ def prepare_cached_data(cfg: RunConfig, mixed_precision: str, progress: bool = T
         where = locate_cache(cfg, mixed_precision)
     if not where.complete:
         build_cache(cfg, progress=progress, mixed_precision=mixed_precision)
-    return load_cached_pair_data(where.root, cfg)
+    data = load_cached_pair_data(where.root, cfg)
+    data.fingerprint = getattr(where.table, "_fingerprint", None)
+    return data
 
 
 def cached_encoder(components, cfg: RunConfig, mixed_precision: str, device) -> CachedEncoder:
     """The encoder stand-in for a cache made with ``components``' VAE."""
-    from mapo_train.model import vae_dtype, vae_source
+    from mapo_train.model import vae_dtype
 
     vae_config = components.vae.config
     return CachedEncoder(
         device,
-        vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)),
+        vae_dtype(cfg.model, mixed_precision),
         float(vae_config.scaling_factor),
         getattr(vae_config, "shift_factor", None),
     )

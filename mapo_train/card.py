@@ -42,7 +42,7 @@ tags:
 {{ method_sentence }}
 
 - Base model: `{{ base_model }}`
-- Data: `{{ data_path }}` (split `{{ split }}`, {{ num_pairs }} pairs used{% if ties_dropped %}, {{ ties_dropped }} ties dropped{% endif %})
+- Data: `{{ data_path }}` (split `{{ split }}`, {{ num_pairs }} pairs used{% if ties_dropped %}, {{ ties_dropped }} ties dropped{% endif %}{% if invalid_labels %}, {{ invalid_labels }} with invalid labels skipped{% endif %})
 - Trained: {{ steps }} optimizer steps, effective batch {{ effective_batch }} pairs, {{ finetune }}
 
 ## Use it
@@ -60,7 +60,7 @@ base = "{{ base_model }}"
 {%- endif %}
 {%- if lora %}
 pipe = StableDiffusionXLPipeline.from_pretrained(base, dtype={{ dtype }})
-pipe.load_lora_weights("{{ load_path }}")
+pipe.load_lora_weights("{{ load_path }}")  # at the trained strength: the file holds rank and alpha
 {%- else %}
 unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", dtype={{ dtype }})
 pipe = StableDiffusionXLPipeline.from_pretrained(base, unet=unet, dtype={{ dtype }})
@@ -122,6 +122,12 @@ def _dataset_id(path: str) -> str | None:
     return path if path.count("/") == 1 and not Path(path).exists() else None
 
 
+def _lora_shape(cfg: RunConfig) -> str:
+    """Rank and alpha as trained; the weights file carries both, so loading needs no manual scale."""
+    alpha = cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.rank
+    return f" (rank {cfg.lora.rank}, alpha {_fmt(alpha)})"
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -134,18 +140,20 @@ def render_card(
     num_pairs: int,
     ties_dropped: int,
     effective_batch: int,
+    invalid_labels: int = 0,
     final_metrics: dict[str, float] | None = None,
     curves: str | None = None,
     grid: str | None = None,
 ) -> str:
-    """The card's Markdown; image and report paths are relative to ``out``."""
+    """The card's Markdown; image and report paths are relative to ``out``. ``ties_dropped`` and
+    ``invalid_labels`` (pairs whose labels are not a preference, never trained) are shown apart."""
     t = cfg.train
     lora = cfg.model.finetune == "lora"
     settings = [
         ("loss", cfg.loss.name),
         *([("beta", _fmt(cfg.loss_beta))] if cfg.loss.name != "sft" else []),
         *([("alpha", _fmt(cfg.loss_alpha))] if cfg.loss.name == "mapo" else []),
-        ("finetune", cfg.model.finetune + (f" (rank {cfg.lora.rank})" if lora else "")),
+        ("finetune", cfg.model.finetune + (_lora_shape(cfg) if lora else "")),
         ("resolution", cfg.data.resolution),
         ("learning rate", _fmt(t.learning_rate)),
         ("lr schedule", f"{t.lr_scheduler}, warmup {t.lr_warmup_steps}"),
@@ -166,6 +174,7 @@ def render_card(
         split=cfg.data.split,
         num_pairs=num_pairs,
         ties_dropped=ties_dropped,
+        invalid_labels=invalid_labels,
         steps=steps,
         effective_batch=effective_batch,
         finetune="LoRA" if lora else "full UNet fine-tune",

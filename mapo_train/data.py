@@ -12,7 +12,7 @@ crops an uninterrupted run would have seen.
 from __future__ import annotations
 
 import glob
-import io
+import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +24,22 @@ import torch
 from PIL import Image
 
 from mapo_data.errors import MapoError
-from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, MANIFEST_NAME, REQUIRED_COLUMNS
+
+# The pair reader's one decode (orientation, transparency, bit depth, bomb limit), so training sees
+# exactly what verify, curate and stats see; cache.py and stream.py take it from here.
+from mapo_data.reader import decode_image
+from mapo_data.schema import (
+    CAPTION,
+    CHOSEN_0,
+    CHOSEN_1,
+    IMAGE_COLUMNS,
+    INVALID,
+    LABEL_COLUMNS,
+    MANIFEST_NAME,
+    REQUIRED_COLUMNS,
+    TIE,
+    classify_label_columns,
+)
 from mapo_train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -103,58 +118,58 @@ class PairIndex:
 
 
 def build_index(
-    label_0: np.ndarray, label_1: np.ndarray, ties: str = "drop", seed: int = 0, max_pairs: int | None = None
+    label_0: Any, label_1: Any, ties: str = "drop", seed: int = 0, max_pairs: int | None = None
 ) -> PairIndex:
-    """Decide chosen/rejected from the labels (never from the position).
+    """Decide chosen/rejected from the labels (never from the position) by the pair schema's label
+    rule (``mapo_data.schema.classify_label_columns``).
 
-    Equal labels are a tie: dropped, or kept with a winner drawn from ``seed`` (so reruns agree).
-    Rows whose labels are missing or NaN are skipped.
+    ``label_0``/``label_1`` are whole columns of one length (numpy, pyarrow or lists). A tie
+    (0.5/0.5) is dropped, or kept with a winner drawn from ``seed`` (so reruns agree). Rows with
+    invalid labels (null, NaN, not numbers, 1/1, 2/-1...) are never trained, under either policy,
+    and are counted apart from the ties.
     """
-    l0 = np.asarray(label_0, dtype=np.float64)
-    l1 = np.asarray(label_1, dtype=np.float64)
-    valid = np.isfinite(l0) & np.isfinite(l1)
-    tie = valid & (l0 == l1)
-    chosen = np.where(l1 > l0, 1, 0).astype(np.int8)
-    if ties == "keep":
-        coin = np.random.default_rng([seed, 0x7135]).integers(0, 2, size=len(l0)).astype(np.int8)
-        chosen = np.where(tie, coin, chosen)
-        keep = valid
-    elif ties == "drop":
-        keep = valid & ~tie
-    else:
+    if ties not in ("drop", "keep"):
         raise ValueError(f"ties must be drop or keep, got {ties!r}")
+    outcome = classify_label_columns(label_0, label_1)
+    tie = outcome == TIE
+    chosen = (outcome == CHOSEN_1).astype(np.int8)
+    keep = (outcome == CHOSEN_0) | (outcome == CHOSEN_1)
+    if ties == "keep":
+        coin = np.random.default_rng([seed, 0x7135]).integers(0, 2, size=len(outcome)).astype(np.int8)
+        chosen = np.where(tie, coin, chosen)
+        keep |= tie
     rows = np.flatnonzero(keep).astype(np.int64)
     if max_pairs is not None:
         rows = rows[:max_pairs]
     return PairIndex(
         rows=rows,
         chosen=chosen[rows],
-        total=len(l0),
+        total=len(outcome),
         ties=int(tie.sum()),
         ties_dropped=int(tie.sum()) if ties == "drop" else 0,
-        invalid_labels=int((~valid).sum()),
+        invalid_labels=int((outcome == INVALID).sum()),
     )
-
-
-def _column_as_numpy(ds, name: str) -> np.ndarray:
-    column = ds.data.column(name)
-    # Nulls become NaN so that build_index counts them as invalid.
-    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 def index_table(ds, cfg: DataConfig, seed: int) -> PairIndex:
     """Build the PairIndex of a loaded table; a table without usable pairs is a MapoError."""
+    # The Arrow columns go to the rule as they are: nulls, strings and other types are its to judge.
     index = build_index(
-        _column_as_numpy(ds, LABEL_COLUMNS[0]),
-        _column_as_numpy(ds, LABEL_COLUMNS[1]),
+        ds.data.column(LABEL_COLUMNS[0]),
+        ds.data.column(LABEL_COLUMNS[1]),
         ties=cfg.ties,
         seed=seed,
         max_pairs=cfg.max_pairs,
     )
     if len(index) == 0:
+        ties = (
+            f"{index.ties_dropped} ties dropped (data.ties=drop)"
+            if cfg.ties == "drop"
+            else f"{index.ties} ties"
+        )
         raise MapoError(
-            f"no usable pairs in {cfg.path}: {index.total} rows, {index.ties_dropped} ties dropped "
-            f"(data.ties=drop), {index.invalid_labels} with invalid labels"
+            f"no usable pairs in {cfg.path}: {index.total} rows, {ties}, "
+            f"{index.invalid_labels} with invalid labels (never trained)"
         )
     return index
 
@@ -170,56 +185,55 @@ def crop_and_flip(
     rng: np.random.Generator,
     random_crop: bool,
     random_flip: bool,
-) -> tuple[list[Image.Image], list[tuple[int, ...]]]:
-    """Resize the shorter side to ``resolution``, then apply one crop and one flip to both images.
+) -> tuple[list[Image.Image], tuple[int, int, int, int, int, int]]:
+    """Bring a pair (chosen first, rejected second) into one frame, then crop and flip it as one.
 
-    Returns the images and, per image, SDXL's micro-conditioning ``add_time_ids``: original height
-    and width, crop top and left (in the final, possibly flipped, frame), target height and width.
+    The rejected image is resized to the chosen image's size (when they differ), so the pair has
+    one original size; both are then resized so the shorter side is ``resolution`` and share one
+    crop window (centred, or drawn from ``rng``) and one flip. Returns the two images, each
+    ``resolution`` x ``resolution``, and the pair's single SDXL micro-conditioning row
+    ``add_time_ids``: the chosen image's original height and width, crop top and left (in the
+    final, possibly flipped, frame), target height and width. Both likelihoods are conditioned on
+    this one row.
+
+    This follows the MaPO authors' and Diffusion-DPO's preprocessing (the second image resized to
+    the first's size, one crop, one time-ids row), with one difference: they anchor on ``jpg_0``
+    because they resize before ordering the pair, whereas the anchor here is the chosen image, so
+    a pair trains the same whichever column holds the winner and the chosen image always keeps its
+    own size, aspect and truthful conditioning. Resizing the rejected image to the chosen one's
+    size first (not straight to the target) is deliberate: it then carries no more detail than an
+    image of that original size, which is what the shared conditioning says. Pairs of equal size
+    are unaffected by the anchoring (today's Pick-Style and Pick-Safety pairs all are).
     """
-    resized = []
-    for img in images:
-        w, h = img.size
-        scale = resolution / min(w, h)
-        size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-        resized.append(img.resize(size, Image.Resampling.BICUBIC) if size != img.size else img)
-    # The crop window must fit both images, which may differ in aspect ratio.
-    width = min(img.size[0] for img in resized)
-    height = min(img.size[1] for img in resized)
+    chosen, rejected = images
+    if rejected.size != chosen.size:
+        rejected = rejected.resize(chosen.size, Image.Resampling.BICUBIC)
+    w, h = chosen.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    resized = [img.resize(size, Image.Resampling.BICUBIC) if size != img.size else img for img in (chosen, rejected)]
+    width, height = size
     if random_crop:
         top = int(rng.integers(0, height - resolution + 1))
         left = int(rng.integers(0, width - resolution + 1))
     else:
         top, left = (height - resolution) // 2, (width - resolution) // 2
     flip = bool(random_flip and rng.random() < 0.5)
-    out, time_ids = [], []
-    for original, img in zip(images, resized, strict=True):
-        resized_width = img.size[0]
+    out = []
+    for img in resized:
         img = img.crop((left, top, left + resolution, top + resolution))
-        crop_left = left
         if flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            # Seen in the flipped image, the window starts this far from the (new) left edge.
-            crop_left = resized_width - left - resolution
         out.append(img)
-        time_ids.append((original.size[1], original.size[0], top, crop_left, resolution, resolution))
-    return out, time_ids
+    # Seen in the flipped image, the window starts this far from the (new) left edge.
+    crop_left = width - left - resolution if flip else left
+    return out, (h, w, top, crop_left, resolution, resolution)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB image -> float tensor [3, H, W] in [-1, 1] (what the VAE expects)."""
     array = np.asarray(img.convert("RGB"), dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1).div(127.5).sub(1.0)
-
-
-def decode_image(data: Any) -> Image.Image:
-    """Encoded image bytes (or a datasets Image dict) -> a loaded PIL image; raises on bad data."""
-    if isinstance(data, dict):
-        data = data.get("bytes")
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError(f"image cell holds {type(data).__name__}, not bytes")
-    img = Image.open(io.BytesIO(bytes(data)))
-    img.load()
-    return img.convert("RGB")
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -269,9 +283,7 @@ def preprocess_pair(
     """Decode a pair (chosen first), crop and flip both images alike, drop the caption for the
     pair as one with ``proportion_empty_prompts``; shared by the indexed and the streamed paths."""
     images = (decode_image(row[IMAGE_COLUMNS[chosen]]), decode_image(row[IMAGE_COLUMNS[1 - chosen]]))
-    (img_w, img_l), (ids_w, ids_l) = crop_and_flip(
-        images, cfg.resolution, rng, cfg.random_crop, cfg.random_flip
-    )
+    (img_w, img_l), time_ids = crop_and_flip(images, cfg.resolution, rng, cfg.random_crop, cfg.random_flip)
     caption = row[CAPTION] or ""
     if cfg.proportion_empty_prompts and rng.random() < cfg.proportion_empty_prompts:
         caption = ""
@@ -279,8 +291,9 @@ def preprocess_pair(
         "pixels_w": to_tensor(img_w),
         "pixels_l": to_tensor(img_l),
         "caption": caption,
-        "time_ids_w": torch.tensor(ids_w, dtype=torch.float32),
-        "time_ids_l": torch.tensor(ids_l, dtype=torch.float32),
+        # One micro-conditioning row for both likelihoods (see crop_and_flip).
+        "time_ids_w": torch.tensor(time_ids, dtype=torch.float32),
+        "time_ids_l": torch.tensor(time_ids, dtype=torch.float32),
     }
 
 
@@ -295,36 +308,91 @@ def collate_pairs(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-class PairBatchSampler(torch.utils.data.Sampler):
-    """Endless, seeded, rank-aware batches of (epoch, position) keys, starting at any micro-step.
+@dataclass(frozen=True)
+class DataPosition:
+    """Where an indexed run stands in its data: ``pairs`` consumed (by all processes together) of
+    epoch ``epoch``'s permutation. Recorded in checkpoints; independent of batch size, gradient
+    accumulation and process count, so a run resumed with other values of these continues the
+    same permutation at the same pair."""
 
-    Epoch e visits a permutation drawn from (seed, e); micro-step s of rank r takes the slice
-    [(s*world + r)*B, ...+B) of it. The last incomplete round of an epoch is dropped so every
-    rank takes the same number of steps. Knowing the micro-step is therefore knowing the data
-    position: resuming only needs ``start_step``.
+    epoch: int = 0
+    pairs: int = 0
+
+    def settled(self, round_size: int, num_pairs: int) -> DataPosition:
+        """The same position, moved to the next epoch's start when fewer than ``round_size``
+        pairs are left in this one (an epoch's tail that fills no round is skipped, so every
+        process takes the same number of steps)."""
+        if self.pairs + round_size > num_pairs:
+            return DataPosition(self.epoch + 1, 0)
+        return self
+
+    def advance(self, round_size: int, num_pairs: int, rounds: int = 1) -> DataPosition:
+        """The position after ``rounds`` rounds of ``round_size`` pairs (batch x processes)."""
+        pos = self.settled(round_size, num_pairs)
+        for _ in range(rounds):
+            pos = DataPosition(pos.epoch, pos.pairs + round_size).settled(round_size, num_pairs)
+        return pos
+
+    def to_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pairs": self.pairs}
+
+
+def epoch_order(seed: int, epoch: int, num_pairs: int) -> np.ndarray:
+    """Epoch ``epoch``'s permutation of the pair positions 0..num_pairs-1."""
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_pairs)
+
+
+def index_digest(index: PairIndex) -> str:
+    """A short hash of which rows are trained and which image of each is chosen: two indexes
+    with the same digest address the same pairs at the same positions."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(index.rows, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(index.chosen, dtype=np.int8).tobytes())
+    return h.hexdigest()[:16]
+
+
+class PairBatchSampler(torch.utils.data.Sampler):
+    """Endless, seeded, rank-aware batches of (epoch, position) keys, starting at any pair offset.
+
+    Epoch e visits a permutation drawn from (seed, e) in rounds of B x world pairs: from offset o,
+    rank r takes [o + r*B, o + (r+1)*B). The last incomplete round of an epoch is dropped so every
+    rank takes the same number of steps. ``start`` (a ``DataPosition``, what checkpoints record)
+    says where to begin; without it, ``start_step`` micro-steps of this batch size and world are
+    counted from the beginning.
     """
 
     def __init__(
-        self, num_pairs: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0
+        self,
+        num_pairs: int,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        start_step: int = 0,
+        start: DataPosition | None = None,
     ):
         self.num_pairs, self.batch_size, self.seed = num_pairs, batch_size, seed
         self.rank, self.world, self.start_step = rank, world, start_step
-        self.steps_per_epoch = num_pairs // (batch_size * world)
+        self.round_size = batch_size * world
+        self.steps_per_epoch = num_pairs // self.round_size
         if self.steps_per_epoch == 0:
             raise MapoError(
                 f"{num_pairs} usable pairs are fewer than one batch across processes "
                 f"({batch_size} x {world}); lower train.batch_size or add data"
             )
+        if start is None:
+            epoch, within = divmod(start_step, self.steps_per_epoch)
+            start = DataPosition(epoch, within * self.round_size)
+        self.start = start.settled(self.round_size, num_pairs)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        step = self.start_step
+        pos = self.start
         while True:
-            epoch, within = divmod(step, self.steps_per_epoch)
-            order = np.random.default_rng([self.seed, epoch, 0x5EED]).permutation(self.num_pairs)
-            for s in range(within, self.steps_per_epoch):
-                start = (s * self.world + self.rank) * self.batch_size
-                yield [(epoch, int(p)) for p in order[start : start + self.batch_size]]
-            step = (epoch + 1) * self.steps_per_epoch
+            order = epoch_order(self.seed, pos.epoch, self.num_pairs)
+            for offset in range(pos.pairs, self.num_pairs - self.round_size + 1, self.round_size):
+                start = offset + self.rank * self.batch_size
+                yield [(pos.epoch, int(p)) for p in order[start : start + self.batch_size]]
+            pos = DataPosition(pos.epoch + 1, 0)
 
 
 class IndexedLoaderMixin:
@@ -335,7 +403,14 @@ class IndexedLoaderMixin:
     collate: Any
 
     def loader(
-        self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
+        self,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world: int,
+        start_step: int,
+        num_workers: int,
+        start: DataPosition | None = None,
     ) -> torch.utils.data.DataLoader:
         return indexed_loader(
             self.dataset,
@@ -347,6 +422,7 @@ class IndexedLoaderMixin:
             world,
             start_step,
             num_workers,
+            start=start,
         )
 
 
@@ -359,6 +435,11 @@ class PairData(IndexedLoaderMixin):
     dataset: PairDataset
     collate = staticmethod(collate_pairs)
 
+    @property
+    def fingerprint(self) -> str | None:
+        """`datasets`' fingerprint of the table (changes when its files do)."""
+        return getattr(self.table, "_fingerprint", None)
+
 
 def indexed_loader(
     dataset,
@@ -370,9 +451,11 @@ def indexed_loader(
     world: int,
     start_step: int,
     num_workers: int,
+    start: DataPosition | None = None,
 ) -> torch.utils.data.DataLoader:
-    """A loader over an indexed pair dataset whose seeded batch order resumes at ``start_step``."""
-    sampler = PairBatchSampler(length, batch_size, seed, rank, world, start_step)
+    """A loader over an indexed pair dataset whose seeded batch order resumes at ``start`` (a
+    checkpoint's pair position), else at micro-step ``start_step``."""
+    sampler = PairBatchSampler(length, batch_size, seed, rank, world, start_step, start=start)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

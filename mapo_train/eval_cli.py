@@ -63,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", action="append", dest="names", metavar="LABEL", help="label per --tuned, in order"
     )
     models.add_argument(
-        "--lora-scale", type=float, default=1.0, help="strength of LoRA weights (default 1.0)"
+        "--lora-scale",
+        type=float,
+        default=1.0,
+        help="strength of LoRA weights; 1.0 (default) is the strength they were trained with",
     )
 
     judging = p.add_argument_group("judges")

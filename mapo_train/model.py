@@ -121,11 +121,19 @@ def load_components(cfg: ModelConfig, mixed_precision: str) -> Components:
     )
 
 
-def vae_dtype(mixed_precision: str, vae_id: str | None) -> torch.dtype:
-    """The original SDXL VAE overflows in fp16, so it stays in fp32 unless it is the fp16-fix one."""
-    if mixed_precision == "fp16" and vae_id != FP16_FIX_VAE:
-        return torch.float32
-    return DTYPES[mixed_precision]
+VAE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def vae_dtype(cfg: ModelConfig, mixed_precision: str) -> torch.dtype:
+    """The dtype the VAE encodes in: ``model.vae_dtype``, where ``auto`` means fp32 (latents are
+    the training targets; bf16 alone costs about 1.7% relative error) except under fp16 mixed
+    precision with the fp16-fix VAE, which was made to run in fp16. The original SDXL VAE
+    overflows in fp16, so ``auto`` never gives it fp16."""
+    if cfg.vae_dtype != "auto":
+        return VAE_DTYPES[cfg.vae_dtype]
+    if mixed_precision == "fp16" and vae_source(cfg, mixed_precision) == FP16_FIX_VAE:
+        return torch.float16
+    return torch.float32
 
 
 def add_lora(unet, cfg: RunConfig) -> None:
@@ -212,12 +220,64 @@ def lora_state_dict(unet) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
+# LoRA settings that decide the adapter's output (rank, strength alpha/rank, where it sits): always
+# written, so the file alone says how strong the adapter is.
+_LORA_METADATA_ALWAYS = (
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "lora_dropout",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_dora",
+)
+# Bookkeeping and initialisation that a loaded adapter does not need.
+_LORA_METADATA_SKIP = frozenset(
+    {
+        "peft_type",
+        "peft_version",
+        "task_type",
+        "auto_mapping",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "init_lora_weights",
+        "runtime_config",
+    }
+)
+
+
+def lora_adapter_metadata(unet, adapter: str = "default") -> dict[str, Any]:
+    """The adapter's ``LoraConfig`` as the keyword arguments diffusers' ``load_lora_weights`` reads
+    back from the file's metadata. Without them diffusers assumes alpha = rank (scale 1.0), so a
+    LoRA trained with alpha 16 at rank 4 would reload 4x weaker than trained.
+
+    The settings that decide the output are always written; any other setting only when it differs
+    from peft's default, so that peft versions which lack a newer option can still load the file.
+    """
+    from peft import LoraConfig
+
+    config = unet.peft_config[adapter].to_dict()
+    default = LoraConfig().to_dict()
+    metadata = {}
+    for key, value in config.items():
+        if key in _LORA_METADATA_ALWAYS or (key not in _LORA_METADATA_SKIP and value != default.get(key)):
+            metadata[key] = sorted(value) if isinstance(value, set | frozenset) else value
+    return metadata
+
+
 def save_weights(unet, out: Path, finetune: str) -> Path:
-    """Save the trained result: ``out/unet`` (diffusers, safetensors) or LoRA weights in ``out``."""
+    """Save the trained result: ``out/unet`` (diffusers, safetensors) or LoRA weights in ``out``
+    (``pytorch_lora_weights.safetensors`` with the adapter settings in its metadata, so that
+    ``load_lora_weights`` applies the strength the adapter was trained with)."""
     if finetune == "lora":
         from diffusers import StableDiffusionXLPipeline
 
-        StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=lora_state_dict(unet))
+        StableDiffusionXLPipeline.save_lora_weights(
+            out,
+            unet_lora_layers=lora_state_dict(unet),
+            unet_lora_adapter_metadata=lora_adapter_metadata(unet),
+        )
         return out / "pytorch_lora_weights.safetensors"
     unet.save_pretrained(out / "unet", safe_serialization=True)
     return out / "unet"

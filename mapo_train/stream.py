@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from mapo_data.errors import MapoError
-from mapo_data.schema import LABEL_COLUMNS, REQUIRED_COLUMNS
+from mapo_data.schema import INVALID, LABEL_COLUMNS, REQUIRED_COLUMNS, TIE, classify_labels
 from mapo_train.config import DataConfig
 from mapo_train.data import collate_pairs, preprocess_pair, resolve_parquet_files
 
@@ -68,18 +68,104 @@ def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
     return ds
 
 
-def decide(label_0: Any, label_1: Any, ties: str, rng: np.random.Generator) -> int | None:
-    """The chosen image's column (0 or 1) from one row's labels, or None to skip the row
-    (a tie under ties=drop, or missing labels), as ``data.build_index`` decides for a table."""
-    try:
-        l0, l1 = float(label_0), float(label_1)
-    except (TypeError, ValueError):
-        return None
-    if not (np.isfinite(l0) and np.isfinite(l1)):
-        return None
-    if l0 == l1:
-        return int(rng.integers(0, 2)) if ties == "keep" else None
-    return 1 if l1 > l0 else 0
+def decide(label_0: Any, label_1: Any, ties: str, rng: np.random.Generator) -> int:
+    """One row's outcome under the pair schema's label rule (``mapo_data.schema.classify_labels``),
+    as ``data.build_index`` decides for a table: the chosen image's column (CHOSEN_0 or CHOSEN_1,
+    i.e. 0 or 1), TIE for a tie under ties=drop, INVALID for labels that are never trained. Under
+    ties=keep a tie's winner is drawn from ``rng``."""
+    outcome = classify_labels(label_0, label_1).outcome
+    if outcome == TIE and ties == "keep":
+        return int(rng.integers(0, 2))
+    return outcome
+
+
+#: The stream's counter for each kind of row it skips by its labels.
+SKIPPED = {TIE: "ties_dropped", INVALID: "invalid_labels"}
+
+
+class ShuffledRows:
+    """One pass of one worker over its stream rows, shuffled by a buffer of ``size`` rows whose
+    state can be saved and restored exactly.
+
+    datasets' own shuffle buffer is lost on resume (its documented limit), which skips or repeats
+    the rows it held. Here the buffer is ours: each row is known by its ordinal in the pass (the
+    order the unshuffled stream gives it), the buffer's content is saved as ordinals (plus the
+    stream position just before the oldest of them), and a resume re-reads that stretch of the
+    stream once, without decoding any image, to put the same rows back in the same slots. Which
+    slot is handed out next is drawn from a generator keyed by (``key``, draw number), so nothing
+    depends on when the state was saved. ``size`` 0 hands rows out in stream order.
+
+    Iterating yields ``(ordinal, row)``; ``state()`` (JSON-ready) is the position after the row
+    last yielded, and ``ShuffledRows(ds, size, key, saved=state)`` continues from it.
+    """
+
+    def __init__(self, ds, size: int, key: list[int], saved: dict[str, Any] | None = None):
+        self.ds, self.size, self.key = ds, size, list(key)
+        self.read = 0  # rows taken from the stream in this pass: the next row's ordinal
+        self.draws = 0  # rows handed out
+        self.buffer: list[tuple[int, dict[str, Any], Any]] = []  # (ordinal, row, stream state before it)
+        self._after = None  # the stream state after the last row read (None: the pass's start)
+        self._saved = saved
+
+    def state(self) -> dict[str, Any]:
+        oldest = min(self.buffer, key=lambda entry: entry[0]) if self.buffer else None
+        return {
+            "read": self.read,
+            "draws": self.draws,
+            "buffer": [entry[0] for entry in self.buffer],
+            "replay_ordinal": oldest[0] if oldest else None,
+            "replay_from": oldest[2] if oldest else None,
+            "hf": self._after,
+        }
+
+    def _restore(self) -> Iterator[dict[str, Any]]:
+        """The stream iterator positioned after the saved state's last row read, with the saved
+        buffer refilled."""
+        saved, ds = self._saved, self.ds
+        self.read, self.draws = int(saved["read"]), int(saved["draws"])
+        if not saved["buffer"]:
+            if saved["hf"] is not None:
+                ds.load_state_dict(saved["hf"])
+            self._after = saved["hf"]
+            return iter(ds)
+        if saved["replay_from"] is not None:
+            ds.load_state_dict(saved["replay_from"])
+        rows = iter(ds)
+        wanted, found = set(saved["buffer"]), {}
+        before = saved["replay_from"]
+        for ordinal in range(int(saved["replay_ordinal"]), self.read):
+            row = next(rows, None)
+            if row is None:
+                raise MapoError(
+                    "the stream ended before its saved position: the files under data.path changed "
+                    "since the checkpoint; resume on the same data or start a new run"
+                )
+            if ordinal in wanted:
+                found[ordinal] = (row, before)
+            before = ds.state_dict()
+        self._after = before
+        self.buffer = [(ordinal, *found[ordinal]) for ordinal in saved["buffer"]]
+        return rows
+
+    def _take(self) -> tuple[int, dict[str, Any]]:
+        n = len(self.buffer)
+        i = int(np.random.default_rng([*self.key, self.draws, 0xB0FF]).integers(n)) if n > 1 else 0
+        self.draws += 1
+        ordinal, row, _ = self.buffer[i]
+        self.buffer[i] = self.buffer[-1]
+        self.buffer.pop()
+        return ordinal, row
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        rows = self._restore() if self._saved else iter(self.ds)
+        for row in rows:
+            before, self._after = self._after, self.ds.state_dict()
+            self.buffer.append((self.read, row, before))
+            self.read += 1
+            if len(self.buffer) > self.size:
+                yield self._take()
+        while self.buffer:  # the stream's end: hand out what the buffer holds
+            yield self._take()
 
 
 class StreamingPairs(torch.utils.data.IterableDataset):
@@ -96,22 +182,32 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         saved = self.resume.get(worker)
+        if saved and "rows" not in saved:  # an unshuffled stream's position from an older mapo-train
+            count = saved["count"]
+            rows = {"read": count, "draws": count, "buffer": [], "replay_ordinal": None, "replay_from": None}
+            saved = {**saved, "rows": {**rows, "hf": saved["hf"]}}
         epoch, count = (saved["epoch"], saved["count"]) if saved else (0, 0)
-        stats = dict(saved["stats"]) if saved else {"ties_dropped": 0, "bad": 0}
+        stats = {"ties_dropped": 0, "invalid_labels": 0, "bad": 0} | (dict(saved["stats"]) if saved else {})
         ds = self.ds
         pending_bad = 0  # skipped since the last item, reported with the next one
         ds.set_epoch(epoch)
-        if saved:
-            ds.load_state_dict(saved["hf"])
         while True:
+            # The pass's rows, shuffled by a buffer whose content checkpoints keep (see ShuffledRows).
+            shuffled = ShuffledRows(
+                ds, self.cfg.shuffle_buffer, [self.seed, epoch, self.rank, worker], saved["rows"] if saved else None
+            )
+            saved = None
             produced = False
-            for row in ds:
+            # A whole pass that trains nothing would loop forever; the pass's counts say why.
+            full_pass, pass_start, rows, yielded = count == 0, dict(stats), 0, 0
+            for ordinal, row in shuffled:
                 produced = True
-                rng = np.random.default_rng([self.seed, epoch, self.rank, worker, count])
-                count += 1
+                rows += 1
+                # Keyed by the row's place in the unshuffled stream: the same row, the same draws.
+                rng = np.random.default_rng([self.seed, epoch, self.rank, worker, ordinal])
                 chosen = decide(row[LABEL_COLUMNS[0]], row[LABEL_COLUMNS[1]], self.cfg.ties, rng)
-                if chosen is None:
-                    stats["ties_dropped"] += 1
+                if chosen in SKIPPED:
+                    stats[SKIPPED[chosen]] += 1
                     continue
                 try:
                     item = self._preprocess(row, chosen, rng)
@@ -123,11 +219,20 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 item["bad"], pending_bad = pending_bad, 0
                 item["stream_state"] = (
                     worker,
-                    {"epoch": epoch, "count": count, "hf": ds.state_dict(), "stats": dict(stats)},
+                    {"epoch": epoch, "count": shuffled.read, "rows": shuffled.state(), "stats": dict(stats)},
                 )
+                yielded += 1
                 yield item
             if not produced:
                 raise MapoError(f"the stream {self.cfg.path} gave no rows to this process/worker")
+            if full_pass and not yielded:
+                skipped = {k: stats[k] - pass_start[k] for k in stats}
+                raise MapoError(
+                    f"no usable pairs in the stream {self.cfg.path} (this process/worker's share): {rows} rows, "
+                    f"{skipped['ties_dropped']} ties dropped (data.ties={self.cfg.ties}), "
+                    f"{skipped['invalid_labels']} with invalid labels (never trained), "
+                    f"{skipped['bad']} undecodable"
+                )
             epoch, count = epoch + 1, 0
             ds.set_epoch(epoch)  # a new pass, reshuffled
 
@@ -147,6 +252,7 @@ class StreamIndex:
 
     seen: int = 0
     ties_dropped: int = 0
+    invalid_labels: int = 0
 
     def __len__(self) -> int:
         return self.seen
@@ -190,6 +296,7 @@ class StreamData:
         self.states[worker] = state
         self.index.seen += len(batch["captions"])
         self.index.ties_dropped = sum(s["stats"]["ties_dropped"] for s in self.states.values())
+        self.index.invalid_labels = sum(s["stats"].get("invalid_labels", 0) for s in self.states.values())
 
     def position(self, accelerator=None) -> dict[str, Any]:
         """The stream position of every process, for a checkpoint's trainer state (JSON-ready).

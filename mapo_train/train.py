@@ -28,7 +28,7 @@ import torch
 from mapo_data.errors import MapoError
 from mapo_train import checkpoint as ckpt
 from mapo_train.config import RunConfig, dump_config
-from mapo_train.data import PairData, load_pair_data
+from mapo_train.data import DataPosition, PairBatchSampler, PairData, index_digest, load_pair_data
 from mapo_train.encode import EncodedPairs, PairEncoder, SDXLTextEncoder
 from mapo_train.losses import get_loss
 from mapo_train.model import (
@@ -44,7 +44,6 @@ from mapo_train.model import (
     save_weights,
     trainable_parameters,
     vae_dtype,
-    vae_source,
 )
 from mapo_train.step import denoising_losses, pair_objective
 
@@ -89,6 +88,8 @@ class Run:
     global_step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     last_grid: Path | None = None
+    # Pairs consumed in the current epoch of an indexed dataset (a stream keeps its own position).
+    position: DataPosition = field(default_factory=DataPosition)
 
 
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
@@ -145,8 +146,9 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     if t.optimizer == "adamw8bit":
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
-    if resume_path is not None:
-        _check_resumable(ckpt.read_state(resume_path), cfg, resume_path)
+    resume_state = ckpt.read_state(resume_path) if resume_path is not None else None
+    if resume_state is not None:
+        _check_resumable(resume_state, cfg, resume_path)
     if resume_path is None and ckpt.latest_checkpoint(out) is not None:
         # Starting over here would mix two runs' checkpoints and metrics.
         raise MapoError(
@@ -179,6 +181,8 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     else:
         with accelerator.main_process_first():  # the first process converts parquet to Arrow once
             data = load_pair_data(cfg.data, t.seed)
+    if resume_state is not None and not cfg.data.streaming:
+        _check_same_pairs(resume_state, data, cfg, resume_path)  # before any model is loaded
     components = load_components(cfg.model, mixed_precision)
     weight_dtype = DTYPES[mixed_precision]
     device = accelerator.device
@@ -256,6 +260,8 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         run.global_step = int(state["global_step"])
         if cfg.data.streaming:  # continue the stream where the checkpoint left it
             run.data.restore(state)
+        else:
+            run.position = _resume_position(state, cfg, len(data.index), accelerator.num_processes)
         accelerator.print(f"resumed from {resume_path} at step {run.global_step}")
     run.history = _load_history(out / METRICS_FILE, run.global_step)
     if accelerator.is_main_process:
@@ -267,7 +273,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
 
 def _place_frozen(components: Components, cfg: RunConfig, mixed_precision: str, device) -> None:
     """Put the VAE and text encoders on ``device`` in the dtypes training uses."""
-    place(components.vae, device, vae_dtype(mixed_precision, vae_source(cfg.model, mixed_precision)))
+    place(components.vae, device, vae_dtype(cfg.model, mixed_precision))
     place(components.text_encoder, device, DTYPES[mixed_precision])
     place(components.text_encoder_2, device, DTYPES[mixed_precision])
 
@@ -282,18 +288,66 @@ def _trainer_state(run: Run) -> dict[str, Any]:
     """What a checkpoint records beside accelerate's state: the position, and what must match
     for a resume to make sense."""
     cfg = run.cfg
-    return {
+    state = {
         "global_step": run.global_step,
         "finetune": cfg.model.finetune,
         "pretrained": cfg.model.pretrained,
         "loss": cfg.loss.name,
         "num_processes": run.accelerator.num_processes,
-        # A stream's position is not implied by the step: each worker's datasets state is saved.
-        **(run.data.position(run.accelerator) if cfg.data.streaming else {}),
+        "settings": _resume_settings(cfg),
     }
+    if cfg.data.streaming:
+        # A stream's position is not implied by the step: each worker's stream state is saved.
+        state.update(run.data.position(run.accelerator))
+    else:
+        # Pairs consumed, not steps: a resume with another batch size, accumulation or process
+        # count continues the same permutation at the same pair.
+        state["position"] = run.position.to_dict()
+        state["pairs"] = _pairs_identity(run.data)
+    return state
+
+
+def _data_source(path: str) -> str:
+    """``data.path`` as compared on resume: a local path resolved, a Hub id as given."""
+    local = Path(path).expanduser()
+    return str(local.resolve()) if local.exists() else path
+
+
+def _resume_settings(cfg: RunConfig) -> dict[str, Any]:
+    """Settings that decide which pairs come next (or, for LoRA, the adapter's shapes and
+    strength): a resume with any of them changed could not continue the run, and is refused
+    naming it. Batch size, gradient accumulation and process count are not here: indexed data
+    resumes at the same pair whatever they are."""
+    d = cfg.data
+    settings: dict[str, Any] = {
+        "data.streaming": d.streaming,
+        "data.path": _data_source(d.path),
+        "data.split": d.split,
+        "data.ties": d.ties,
+        "data.max_pairs": d.max_pairs,
+        "train.seed": cfg.train.seed,  # the epoch permutations, crops and flips
+    }
+    if d.streaming:
+        # Each loader worker reads its own share of the files, and its buffer has this size.
+        settings["data.shuffle_buffer"] = d.shuffle_buffer
+        settings["data.num_workers"] = max(d.num_workers, 1)
+    if cfg.model.finetune == "lora":
+        lora = cfg.lora
+        settings["lora.rank"] = lora.rank
+        settings["lora.alpha"] = lora.alpha if lora.alpha is not None else lora.rank
+        settings["lora.target_modules"] = sorted(lora.target_modules)
+    return settings
+
+
+def _pairs_identity(data) -> dict[str, Any]:
+    """What the indexed pairs are: their number, which rows with which winner, and the table's
+    `datasets` fingerprint (its files' identity) when known."""
+    return {"count": len(data.index), "index": index_digest(data.index), "fingerprint": data.fingerprint}
 
 
 def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+    """Refuse, in one line naming the setting, a resume that could not continue the saved run.
+    Reads only the checkpoint's trainer state, so it runs before any data or model is loaded."""
     for key, now in (("finetune", cfg.model.finetune), ("pretrained", cfg.model.pretrained)):
         then = state.get(key)
         if then is not None and then != now:
@@ -301,16 +355,67 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
             raise MapoError(
                 f"checkpoint {path} was saved with {field}={then}, but this run has {field}={now}"
             )
-    saved_world, world = state.get("num_processes"), _launched_world_size()
-    if not cfg.data.streaming and saved_world is not None and saved_world != world and _is_launch_main():
-        # The data position is (micro-step x processes x batch); with another process count the
-        # same step lands elsewhere in the epoch's permutation. Allowed (rescaling a job is
-        # legitimate), but the user should know the run no longer repeats an uninterrupted one.
-        print(
-            f"warning: {path} was saved by {saved_world} process(es), this run has {world}: "
-            "training continues from the same step, but the rest of this epoch's data order differs",
-            file=sys.stderr,
+    saved, now = state.get("settings") or {}, _resume_settings(cfg)
+    for name, then in saved.items():
+        if name in now and now[name] != then:
+            why = (
+                "the adapters would not fit or would act with another strength"
+                if name.startswith("lora.")
+                else "the resumed run would not see the pairs the saved run would have seen next"
+            )
+            raise MapoError(
+                f"checkpoint {path} was saved with {name}={_show(then)}, but this run has "
+                f"{name}={_show(now[name])}: {why}; resume with the saved value or start a new run"
+            )
+    stream = state.get("stream")
+    if cfg.data.streaming and stream:
+        world = _launched_world_size()
+        if stream["world"] != world:
+            raise MapoError(
+                f"checkpoint {path} was saved by {stream['world']} process(es), this run has {world}: "
+                "a stream's position belongs to its process count; resume with the same number of processes"
+            )
+        workers = stream["ranks"][0].get("num_workers")
+        if workers is not None and "data.num_workers" not in saved and workers != max(cfg.data.num_workers, 1):
+            raise MapoError(
+                f"checkpoint {path} was saved with data.num_workers={workers}, but this run has "
+                f"data.num_workers={cfg.data.num_workers}: a stream's position belongs to its workers"
+            )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "empty" if value is None else str(value)
+
+
+def _check_same_pairs(state: dict[str, Any], data, cfg: RunConfig, path: Path) -> None:
+    """Refuse to resume on other pairs than the checkpoint's (the files changed, or another
+    label rule), naming data.path: the saved pair position would point at other pairs."""
+    saved = state.get("pairs")
+    if not saved:
+        return  # a checkpoint from before pair positions were recorded
+    now = _pairs_identity(data)
+    changed = saved["count"] != now["count"] or saved["index"] != now["index"]
+    if not changed and saved.get("fingerprint") and now["fingerprint"]:
+        changed = saved["fingerprint"] != now["fingerprint"]
+    if changed:
+        raise MapoError(
+            f"checkpoint {path} was trained on other pairs than data.path={cfg.data.path} holds now "
+            f"({saved['count']} usable pairs then, {now['count']} now, or their files changed): "
+            "resume on the same data or start a new run"
         )
+
+
+def _resume_position(state: dict[str, Any], cfg: RunConfig, num_pairs: int, world: int) -> DataPosition:
+    """The pair position to continue from: recorded by the checkpoint, or (for checkpoints from
+    before positions were recorded) counted from the step with this run's batch and world."""
+    saved = state.get("position")
+    if saved is not None:
+        return DataPosition(int(saved["epoch"]), int(saved["pairs"]))
+    t = cfg.train
+    micro_steps = int(state["global_step"]) * t.gradient_accumulation_steps
+    return PairBatchSampler(num_pairs, t.batch_size, t.seed, 0, world, start_step=micro_steps).start
 
 
 def _launched_world_size() -> int:
@@ -457,7 +562,9 @@ def fit(run: Run) -> None:
     loss_spec = get_loss(cfg.loss.name)
     rank, world = accelerator.process_index, accelerator.num_processes
     micro_step = run.global_step * accum
-    loader = run.data.loader(t.batch_size, t.seed, rank, world, micro_step, cfg.data.num_workers)
+    loader = run.data.loader(
+        t.batch_size, t.seed, rank, world, micro_step, cfg.data.num_workers, start=run.position
+    )
     max_norm = t.max_grad_norm if t.max_grad_norm > 0 else math.inf
     pairs_per_step = t.batch_size * world * accum
     pairs_read = bad_read = 0
@@ -479,6 +586,8 @@ def fit(run: Run) -> None:
             batch = _next_batch(batches)
             if cfg.data.streaming:
                 run.data.consumed(batch)
+            else:  # every process took its batch of this round
+                run.position = run.position.advance(t.batch_size * world, len(run.data.index))
             pairs_read += len(batch["captions"])
             bad_read += batch["bad"]
             if bad_read > max(10, cfg.data.max_bad_fraction * pairs_read):
@@ -606,6 +715,7 @@ def finish(run: Run) -> TrainResult:
             steps=run.global_step,
             num_pairs=len(run.data.index),
             ties_dropped=run.data.index.ties_dropped,
+            invalid_labels=run.data.index.invalid_labels,
             effective_batch=t.batch_size * accelerator.num_processes * t.gradient_accumulation_steps,
             final_metrics={k: run.history[-1][k] for k in ("loss", "margin", "accuracy")}
             if run.history

@@ -54,6 +54,11 @@ def build(
     independent_noise: bool = typer.Option(
         False, "--independent-noise", help="Different initial noise for chosen and rejected."
     ),
+    chosen_position: str = typer.Option(
+        "random",
+        help="random: the chosen image in jpg_0 or jpg_1 by a coin from --seed and the pair id; "
+        "first: always jpg_0.",
+    ),
     shard_size: int = typer.Option(500, help="Pairs per parquet shard."),
     image_format: str = typer.Option("jpeg", help="jpeg, png or webp."),
     quality: int = typer.Option(95, help="JPEG/WebP quality."),
@@ -96,6 +101,7 @@ def build(
         max_tokens=max_tokens,
         seed=seed,
         independent_noise=independent_noise,
+        chosen_position=chosen_position,
         shard_size=shard_size,
         batch_size=batch_size,
         image_format=image_format,

@@ -79,7 +79,7 @@ class EvalConfig:
     negative_prompt: str | None = None
     """Negative prompt for every image."""
     lora_scale: float = 1.0
-    """Strength of LoRA weights when a tuned model is a LoRA."""
+    """Strength of LoRA weights when a tuned model is a LoRA, relative to the strength it was trained with (1.0)."""
     batch_size: int = 4
     """Images rendered per pipeline call."""
     judge_batch_size: int = 16

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mapo_data.errors import MapoError
+from mapo_train.checkpoint import STATE_FILE as CHECKPOINT_STATE_FILE
+from mapo_train.eval.prompts import TRAINING_CONFIG
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # UNet config entries that decide whether a UNet can run inside the base pipeline.
@@ -63,6 +65,12 @@ def resolve_tuned(spec: str) -> TunedSource:
             return TunedSource(spec, "unet", str(path), training_config)
         if (path / LORA_WEIGHT_NAME).is_file():
             return TunedSource(spec, "lora", str(path / LORA_WEIGHT_NAME), training_config)
+        if (path / CHECKPOINT_STATE_FILE).is_file():
+            # Its weights are resume state (peft keys, no adapter settings), not a loadable model.
+            raise MapoError(
+                f"--tuned {spec}: a training checkpoint (for --resume), not final weights; "
+                "point at the run folder once training has finished"
+            )
         loras = sorted(path.glob("*.safetensors"))
         if len(loras) == 1:
             return TunedSource(spec, "lora", str(loras[0]), training_config)
@@ -131,7 +139,60 @@ def _attach_lora(pipe, weights: str, adapter: str, scale: float, base: str) -> N
     if _count_adapter_layers(pipe, adapter) == 0:
         _detach_lora(pipe)
         raise MapoError(f"the LoRA weights {weights} matched no layer of the base model {base}")
-    pipe.set_adapters([adapter], adapter_weights=[scale])
+    try:
+        factor = _trained_strength_factor(pipe, path, adapter)
+    except MapoError:
+        _detach_lora(pipe)
+        raise
+    pipe.set_adapters([adapter], adapter_weights=[scale * factor])
+
+
+def has_adapter_metadata(weights: Path) -> bool:
+    """Whether a LoRA file carries its ``LoraConfig`` (rank, alpha, ...) for ``load_lora_weights``."""
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+    from safetensors import SafetensorError, safe_open
+
+    if weights.suffix != ".safetensors":
+        return False
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return LORA_ADAPTER_METADATA_KEY in (f.metadata() or {})
+    except (OSError, SafetensorError):
+        return False
+
+
+def _trained_strength_factor(pipe, weights: Path, adapter: str) -> float:
+    """How much stronger than diffusers loaded it the adapter was trained (1.0: as loaded).
+
+    A file without adapter metadata is loaded at alpha = rank (scale 1.0). Earlier mapo versions
+    saved LoRAs that way whatever ``lora.alpha`` was, so a run folder's training_config.yaml
+    supplies the trained alpha/rank; a LoRA from elsewhere keeps diffusers' reading of it.
+    """
+    import yaml
+
+    config_file = weights.parent / TRAINING_CONFIG
+    if has_adapter_metadata(weights) or not config_file.is_file():
+        return 1.0
+    try:
+        saved = yaml.safe_load(config_file.read_text()) or {}
+        finetune = (saved.get("model") or {}).get("finetune")
+        lora = saved.get("lora") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise MapoError(
+            f"the LoRA weights {weights} carry no adapter settings and {config_file} cannot be read "
+            f"({_first_informative_line(err)}): the strength they were trained with is unknown"
+        ) from err
+    if finetune != "lora":
+        return 1.0
+    rank, alpha = lora.get("rank"), lora.get("alpha")
+    loaded = pipe.unet.peft_config[adapter]
+    if not isinstance(rank, int) or rank != loaded.r or loaded.rank_pattern:
+        raise MapoError(
+            f"the LoRA weights {weights} carry no adapter settings and their rank {loaded.r} is not "
+            f"the lora.rank {rank} of {config_file}: the strength they were trained with is unknown"
+        )
+    trained = (rank if alpha is None else float(alpha)) / rank
+    return trained / (loaded.lora_alpha / loaded.r)
 
 
 def _detach_lora(pipe) -> None:
@@ -160,6 +221,11 @@ def tuned_pipeline(pipe, source: TunedSource, *, label: str, base: str, lora_sca
                     f"cannot load --tuned {source.spec}: no such local path, and not loadable from the Hub "
                     f"(offline, or neither unet/ nor {LORA_WEIGHT_NAME} in it): {_first_informative_line(unet_err)}"
                 ) from lora_err
+            if not has_adapter_metadata(Path(weights)):
+                # An earlier mapo pushed LoRAs without their alpha: its training_config.yaml, fetched
+                # beside the weights, gives the trained strength. A LoRA from elsewhere has none.
+                with suppress(Exception):
+                    hf_hub_download(source.path, TRAINING_CONFIG)
             _attach_lora(pipe, weights, label, lora_scale, base)
             kind = "lora"
     elif kind == "unet":

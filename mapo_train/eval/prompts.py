@@ -52,15 +52,19 @@ def _is_hub_id(path: str) -> bool:
     return path.count("/") == 1 and not path.startswith((".", "/", "~")) and not Path(path).exists()
 
 
-def training_captions(dataset: str, split: str = "train") -> set[str]:
+def training_captions(dataset: str, split: str = "train", ties: str = "keep") -> set[str]:
     """Normalised captions of the pairs a run trained on: the same files mapo-train reads.
 
     A local folder gives its ``data/<split>-*.parquet`` shards when it has them (so a held-out
     ``test`` split of the same folder is not mistaken for training data), else every parquet file
-    below it; a Hub id gives the split's caption column (only that column is fetched).
+    below it; a Hub id gives the split's caption column (only that column is fetched, so every
+    caption counts). Locally, only pairs the trainer trains count, by the pair schema's label
+    rule: never those with invalid labels, and ties only under ``ties="keep"`` (the run's
+    ``data.ties``; keep when unknown, as counting too many prompts as trained is the safe side).
     """
     import pyarrow.parquet as pq
 
+    from mapo_data.schema import CHOSEN_0, CHOSEN_1, LABEL_COLUMNS, TIE, classify_label_columns
     from mapo_train.data import resolve_parquet_files
 
     try:
@@ -81,14 +85,21 @@ def training_captions(dataset: str, split: str = "train") -> set[str]:
     captions: set[str] = set()
     for file in files:
         try:
-            if "caption" not in pq.read_schema(file).names:
+            names = pq.read_schema(file).names
+            if "caption" not in names:
                 raise TrainingDataUnavailable(f"{file} has no caption column: not a pair dataset")
-            column = pq.read_table(file, columns=["caption"]).column("caption").to_pylist()
+            has_labels = all(c in names for c in LABEL_COLUMNS)
+            table = pq.read_table(file, columns=["caption", *(LABEL_COLUMNS if has_labels else ())])
         except MapoError:
             raise
         except Exception as err:  # pyarrow raises several types for a damaged file
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise TrainingDataUnavailable(f"cannot read {file}: {first}") from err
+        column = table.column("caption").to_pylist()
+        if has_labels:
+            outcome = classify_label_columns(table.column(LABEL_COLUMNS[0]), table.column(LABEL_COLUMNS[1]))
+            trained = (outcome == CHOSEN_0) | (outcome == CHOSEN_1) | ((outcome == TIE) & (ties == "keep"))
+            column = [c for c, t in zip(column, trained, strict=True) if t]
         captions.update(normalize_prompt(c) for c in column if isinstance(c, str))
     return captions
 
@@ -114,6 +125,23 @@ def dataset_from_run(tuned: list[str]) -> tuple[str, str] | None:
         if isinstance(path, str) and path and (Path(path).expanduser().exists() or _is_hub_id(path)):
             return path, str(split)
     return None
+
+
+def ties_from_run(tuned: list[str]) -> str:
+    """``drop`` when every tuned source is a run folder whose training_config.yaml drops ties (the
+    trainer's default), else ``keep``: tie pairs then count as trained for the held-out check."""
+    import yaml
+
+    for source in tuned:
+        config = Path(source) / TRAINING_CONFIG
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return "keep"
+        section = (data.get("data") or {}) if isinstance(data, dict) else {}
+        if section.get("ties", "drop") != "drop":
+            return "keep"
+    return "drop" if tuned else "keep"
 
 
 @dataclass
@@ -143,11 +171,13 @@ def select_prompts(
     prompts_column: str | None = None,
     prompts_split: str | None = None,
     dataset_split: str = "train",
+    dataset_ties: str = "keep",
 ) -> PromptSelection:
     """Read, held-out-filter and cut the prompt list; deterministic for a given seed.
 
     ``prompts_file`` is any source ``mapo-data`` reads prompts from (a file, a dataset folder, a Hub
     dataset, with ``prompts_split`` for its held-out split); None means the default set.
+    ``dataset_ties`` is the run's ``data.ties``: whether tie pairs of ``dataset`` were trained.
     """
     candidates = candidate_prompts(prompts_file, prompts_column, prompts_split)
     if prompts_file is None:
@@ -165,7 +195,7 @@ def select_prompts(
     excluded: list[str] = []
     kept_trained = 0
     if dataset is not None:
-        trained = training_captions(dataset, dataset_split)
+        trained = training_captions(dataset, dataset_split, dataset_ties)
         if include_train_prompts:
             kept_trained = sum(normalize_prompt(p) in trained for p in unique)
         else:

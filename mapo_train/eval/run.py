@@ -26,6 +26,7 @@ from mapo_train.eval.prompts import (
     TrainingDataUnavailable,
     dataset_from_run,
     select_prompts,
+    ties_from_run,
 )
 from mapo_train.eval.report import JudgeInfo, summarize, write_report, write_scores
 
@@ -116,6 +117,7 @@ def _choose_prompts(config: EvalConfig) -> tuple[PromptSelection, str | None, li
         seed=config.seed,
         default_count=DEFAULT_NUM_PROMPTS,
         dataset_split=split,
+        dataset_ties=ties_from_run(config.tuned),
     )
     try:
         return select_prompts(dataset=dataset, **kwargs), dataset, []

@@ -107,13 +107,13 @@ def write_mapo_dataset(
     if isinstance(pairs, int):
         pairs = good_pairs(pairs)
     preset = dict(PRESET if preset is None else preset)
-    writer = DatasetWriter(root)
+    writer = DatasetWriter(root, row_group_rows=2)  # several row groups per shard, as large data has
     infos = []
     for index, start in enumerate(range(0, len(pairs), shard_size)):
         table = _build_table(
             pairs[start : start + shard_size], start, (preset["chosen_prefix"], preset["rejected_prefix"])
         )
-        infos.append(writer.write_shard(index, table, row_group_size=2))
+        infos.append(writer.write_shard(index, table))
     manifest = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,

@@ -107,7 +107,7 @@ STATS = {
         "unreadable": 0,
     },
     "captions": {"unique": 1200, "words": {"min": 3, "p50": 11.0, "max": 40}},
-    "labels": {"dtype": ["int64"], "chosen_in_jpg_0": 1200, "chosen_in_jpg_1": 0, "ties": 0},
+    "labels": {"dtype": ["int64"], "chosen_in_jpg_0": 1200, "chosen_in_jpg_1": 0, "ties": 0, "invalid": 0},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image, ImageFilter
 
@@ -12,16 +13,16 @@ from mapo_data.filters import (
     BlankFilter,
     Candidate,
     CaptionCapFilter,
-    DecodeFilter,
     DuplicateImageFilter,
     FilterCounts,
     FilterPipeline,
     HashIndex,
     JudgeFilter,
-    LabelFilter,
     NearIdenticalFilter,
     SafetyFilter,
     TieFilter,
+    ValidRowFilter,
+    candidates_of,
     image_std,
 )
 from mapo_data.reader import PairRow
@@ -41,7 +42,7 @@ A, B = encode(noise(1)), encode(noise(2))
 
 
 def test_undecodable_bytes():
-    f = DecodeFilter()
+    f = ValidRowFilter()
     assert reason(f, cand(A, B)) is None
     assert reason(f, cand(b"\xff\xd8 not really a jpeg", B)) == "undecodable"
     assert reason(f, cand(A, b"")) == "undecodable"
@@ -68,11 +69,33 @@ def test_near_identical_pair():
     assert reason(NearIdenticalFilter(max_distance=64), cand(A, B)) == "near_identical"
 
 
-def test_labels_that_are_not_a_preference():
-    f = LabelFilter()
-    bad = Candidate(0, PairRow("x", A, B, chosen_pos=0, tie=False, invalid="label is null"))
-    assert reason(f, bad) == "invalid_labels"
-    assert reason(f, cand(A, B)) is None and reason(f, cand(A, B, tie=True)) is None
+def test_rows_verify_rejects_are_dropped_under_their_first_problem():
+    # Written with pyarrow directly: nulls as read, images in the column the labels say.
+    preset = {"chosen_prefix": "Pixel art.", "rejected_prefix": "Photo."}
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "caption": ["good", None, "null label", "1/1", "2/-1", "empty image", "swapped", "tie", "junk, no label"],
+            "jpg_0": [A, A, A, A, A, A, A, A, b"junk"],
+            "jpg_1": [B, B, B, B, B, b"", B, B, B],
+            "label_0": pa.array([0, 1, None, 1, 2, 1, 1, 0.5, None], pa.float64()),
+            "label_1": pa.array([1, 0, 0, 1, -1, 0, 0, 0.5, 0], pa.float64()),
+            "prompt_0": ["Photo. good", "Pixel art.", "x", "x", "x", "x", "Photo. swapped", "x", "x"],
+            "prompt_1": ["Pixel art. good", "Photo.", "x", "x", "x", "x", "Pixel art. swapped", "x", "x"],
+        }
+    )
+    f = ValidRowFilter(preset)
+    assert [reason(f, c) for c in candidates_of(batch)] == [
+        None,
+        "null_caption",
+        "invalid_labels",
+        "invalid_labels",
+        "invalid_labels",
+        "undecodable",
+        "labels_contradict_prompts",  # label 1 on jpg_0, whose prompt has the rejected prefix
+        None,  # a tie has no chosen side to check against the prompts
+        "undecodable",  # the first of its two problems, in the order verify lists them
+    ]
+    assert [reason(ValidRowFilter(), c) for c in candidates_of(batch)][6] is None  # no preset, no prompt check
 
 
 def test_ties_keep_or_drop():
@@ -82,7 +105,7 @@ def test_ties_keep_or_drop():
 
 
 def test_duplicate_image_across_pairs_same_pixels_other_bytes():
-    pipe = FilterPipeline([DecodeFilter(), DuplicateImageFilter("pixels")])
+    pipe = FilterPipeline([ValidRowFilter(), DuplicateImageFilter("pixels")])
     counts = FilterCounts()
     decoded_a = Image.open(io.BytesIO(A)).convert("RGB")
     same_picture_as_png = encode(decoded_a, "PNG")

@@ -154,11 +154,10 @@ def test_changed_key_makes_a_new_cache(cache_env):
         "data.ties=keep",
         "data.split=test",
         "data.max_pairs=2",
-        "model.vae=someone/other-vae",
-        "model.revision=refs/pr/1",
+        "model.vae_dtype=bf16",
     ):
         assert locate_cache(_cfg(cache_env, "c", override), "no").root != base.root, override
-    assert locate_cache(_cfg(cache_env, "d"), "fp16").root != base.root  # encoder precision
+    assert locate_cache(_cfg(cache_env, "d"), "fp16").root != base.root  # text encoder precision
     # New data under the same path: the dataset fingerprint changes, so does the key.
     write_pairs(cache_env / "pairs" / "train-00000.parquet", n=5, size=32, seed=1)
     assert locate_cache(_cfg(cache_env, "e"), "no").root != base.root

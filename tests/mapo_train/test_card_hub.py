@@ -54,9 +54,12 @@ def test_lora_dpo_card_and_eval_link(tmp_path):
         tmp_path, "model.finetune=lora", "loss.name=dpo", "train.push_to_hub=true", "train.hub_model_id=me/x"
     )
     assert 'pipe.load_lora_weights("me/x")' in text and "- lora" in text
+    # DPO has no loss alpha; the LoRA's own alpha (= rank by default) is part of the finetune row.
     assert (
-        "| beta | `5000` |" in text and "alpha" not in text.split("## Training")[1].split("full resolved")[0]
+        "| beta | `5000` |" in text
+        and "| alpha |" not in text.split("## Training")[1].split("full resolved")[0]
     )
+    assert "| finetune | `lora (rank 8, alpha 8)` |" in text
     assert "[evaluation report](eval/report.md)" in text
 
 

@@ -133,13 +133,13 @@ def test_same_crop_and_flip_for_both_images_of_a_pair(tmp_path):
     assert flips == {True, False} and len(crops) > 2
 
 
-def test_crop_window_fits_both_when_sizes_differ():
+def test_pair_of_different_sizes_gets_the_chosen_images_frame():
     a = Image.new("RGB", (128, 64))
     b = Image.new("RGB", (64, 96))
-    (ia, ib), (ta, tb) = crop_and_flip((a, b), 32, pair_rng(0, 0, 0), random_crop=True, random_flip=False)
+    (ia, ib), ids = crop_and_flip((a, b), 32, pair_rng(0, 0, 0), random_crop=True, random_flip=False)
     assert ia.size == ib.size == (32, 32)
-    assert ta[:2] == (64, 128) and tb[:2] == (96, 64)
-    assert ta[2:4] == tb[2:4]
+    # One row for the pair: the chosen (first) image's original size, a window inside its 64x32 resize.
+    assert ids[:2] == (64, 128) and ids[2] == 0 and 0 <= ids[3] <= 32 and ids[4:] == (32, 32)
 
 
 def test_undecodable_images_are_skipped_and_counted(tmp_path):

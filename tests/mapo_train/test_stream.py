@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mapo_data.schema import INVALID, TIE
 from mapo_train.config import config_from_dict
 from mapo_train.stream import StreamData, decide
 from mapo_train.train import train
@@ -49,9 +50,11 @@ def test_decide_follows_the_labels():
     rng = np.random.default_rng(0)
     assert decide(1.0, 0.0, "drop", rng) == 0
     assert decide(0, 1, "drop", rng) == 1
-    assert decide(0.5, 0.5, "drop", rng) is None
+    assert decide(0.5, 0.5, "drop", rng) == TIE
     assert decide(0.5, 0.5, "keep", rng) in (0, 1)
-    assert decide(None, 1.0, "drop", rng) is None
+    # Invalid labels are skipped as invalid, never as a tie and never trained (not under keep either).
+    assert decide(None, 1.0, "drop", rng) == INVALID
+    assert decide(1, 1, "keep", rng) == INVALID
 
 
 def test_stream_reads_every_pair_and_drops_ties(stream_folder, tmp_path):
