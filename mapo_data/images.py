@@ -116,11 +116,21 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+# Where Pillow finds a PNG's orientation: an eXIf chunk, a "Raw profile type exif" text chunk or
+# XMP in an iTXt chunk. Chunk types and text keywords are never compressed, so bytes without any of
+# these markers have no orientation to find.
+_PNG_ORIENTATION_MARKERS = (b"eXIf", b"Raw profile type exif", b"XML:com.adobe.xmp")
+
+
 def image_info(data: Any, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
     """Format, stored mode and displayed size (after EXIF orientation), reading as little as the
     format allows: JPEG, WebP and TIFF keep EXIF in the header; a PNG may keep it after its pixel
-    data, so a PNG without EXIF up front is read through. Raises :class:`UndecodableImage`."""
+    data, so a PNG carrying EXIF or XMP is read through. Raises :class:`UndecodableImage`."""
     img = _open(data, max_pixels)
+    if img.format == "PNG" and "exif" not in img.info:
+        raw = image_bytes(data)
+        if not any(marker in raw for marker in _PNG_ORIENTATION_MARKERS):
+            return ImageInfo("PNG", img.mode, img.width, img.height)
     try:
         orientation = _orientation(img)
     except Exception as err:  # reading a PNG through can meet truncated data

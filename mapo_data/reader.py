@@ -26,7 +26,7 @@ from mapo_data.schema import (
     MANIFEST_NAME,
     PROMPT_COLUMNS,
     PairFormatError,
-    check_columns,
+    check_schema,
     classify_labels,
 )
 from mapo_data.shards import STATE_DIR
@@ -95,6 +95,29 @@ def open_parquet(path: Path) -> pq.ParquetFile:
         raise DatasetError(f"{path}: shard file is missing") from err
     except (pa.ArrowException, OSError) as err:
         raise DatasetError(f"{path}: not a readable parquet file ({_one_line(err)})") from err
+
+
+def check_pair_file(path: str | Path, source: str | None = None) -> pq.ParquetFile:
+    """Open one pair file and check its columns: the opening check of every command, mapo-train too.
+
+    A file that is not readable parquet (empty, truncated, another format), or whose required
+    columns are missing, duplicated or of an unusable type (see ``schema.schema_problems``), is a
+    one-line DatasetError naming the file (``source``, default the path) and every problem.
+    """
+    pf = open_parquet(Path(path))
+    check_pair_schema(pf, source=source or str(path))
+    return pf
+
+
+def check_pair_schema(pf: pq.ParquetFile, source: str) -> None:
+    try:
+        schema = pf.schema_arrow
+    except (pa.ArrowException, OSError) as err:  # a parquet schema with no Arrow equivalent
+        raise DatasetError(f"{source}: unreadable schema ({_one_line(err)})") from err
+    try:
+        check_schema(schema, source=source)
+    except PairFormatError as err:
+        raise DatasetError(str(err)) from err
 
 
 def iter_parquet_batches(
@@ -209,10 +232,7 @@ def check_dataset(ds: PairDataset) -> None:
         rows = pf.metadata.num_rows
         if shard.rows is not None and rows != shard.rows:
             raise DatasetError(f"{shard.rel}: manifest says {shard.rows} rows, shard has {rows}")
-        try:
-            check_columns(pf.schema_arrow.names, source=shard.rel)
-        except PairFormatError as err:
-            raise DatasetError(str(err)) from err
+        check_pair_schema(pf, source=shard.rel)
         total += rows
     if ds.manifest is not None and ds.manifest.get("num_pairs") not in (None, total):
         raise DatasetError(f"manifest says {ds.manifest['num_pairs']} pairs, the shards hold {total}")
@@ -308,7 +328,9 @@ def row_problems(
         pref = classify_labels(row[LABEL_COLUMNS[0]], row[LABEL_COLUMNS[1]])
         if pref.invalid:
             problems.append(RowProblem("invalid_labels", pref.reason or "labels are not a preference"))
-    if preset and pref is not None and pref.chosen is not None and all(c in row for c in PROMPT_COLUMNS):
+    # A null caption is its own problem: there is no context to compare the full prompts with.
+    comparable = row.get(CAPTION) is not None and all(c in row for c in PROMPT_COLUMNS)
+    if preset and comparable and pref is not None and pref.chosen is not None:
         problem = _prompt_problem(row, preset, pref.chosen)
         if problem:
             problems.append(RowProblem("labels_contradict_prompts", problem))
@@ -319,7 +341,7 @@ def _prompt_problem(row: Mapping[str, Any], preset: Mapping[str, Any], chosen: i
     """In our builds the full prompts say which side is which; the labels must agree with them."""
     from mapo_data.presets import assemble_prompt
 
-    caption = row[CAPTION] or ""
+    caption = row[CAPTION]
     expected = (
         assemble_prompt(preset.get("chosen_prefix") or "", caption),
         assemble_prompt(preset.get("rejected_prefix") or "", caption),

@@ -3,7 +3,8 @@
 One row per pair, compatible with Pick-a-Pic v2 and the MaPO authors' Hub datasets:
 ``caption`` (context prompt, no prefix), ``jpg_0``/``jpg_1`` (encoded image bytes), ``label_0``/
 ``label_1`` (1 marks the chosen image, 0.5/0.5 is a tie). Readers decide chosen/rejected from the
-labels, never from the position. Extra columns carry provenance.
+labels, never from the position, by the one label rule here (``classify_labels`` for a row,
+``classify_label_columns`` for whole columns). Extra columns carry provenance.
 """
 
 from __future__ import annotations
@@ -61,10 +62,72 @@ def check_columns(column_names: list[str] | tuple[str, ...], source: str = "tabl
     """Raise PairFormatError naming every required column that is missing."""
     missing = [c for c in REQUIRED_COLUMNS if c not in column_names]
     if missing:
-        raise PairFormatError(
-            f"{source} is not in the pair format: missing column(s) {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_COLUMNS)})"
-        )
+        raise PairFormatError(f"{source} is not in the pair format: {_missing(missing)}")
+
+
+def _missing(columns: list[str]) -> str:
+    return f"missing column(s) {', '.join(columns)} (expected {', '.join(REQUIRED_COLUMNS)})"
+
+
+def is_caption_type(dtype: pa.DataType) -> bool:
+    """Text, or null (a column of only nulls; verify and curate then flag each row)."""
+    if pa.types.is_dictionary(dtype):  # pandas categoricals
+        return is_caption_type(dtype.value_type)
+    return (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
+        or pa.types.is_null(dtype)
+    )
+
+
+def is_image_type(dtype: pa.DataType) -> bool:
+    """Encoded bytes (binary, as we write), or a `datasets` Image struct with a binary ``bytes``."""
+    if pa.types.is_struct(dtype):
+        index = dtype.get_field_index("bytes")
+        return index >= 0 and _is_bytes_type(dtype.field(index).type)
+    return _is_bytes_type(dtype)
+
+
+def _is_bytes_type(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype)
+
+
+def schema_problems(schema: pa.Schema) -> list[str]:
+    """Every way ``schema`` breaks the pair format, one phrase each; empty when it is usable.
+
+    Each required column must be present exactly once (a duplicate makes "the caption" ambiguous,
+    and pyarrow and datasets refuse to pick one), with a usable type: ``caption`` text (or all-null),
+    ``jpg_0``/``jpg_1`` encoded bytes (binary, or a `datasets` Image struct with ``bytes``),
+    ``label_0``/``label_1`` numbers (integers, floats, or bools read as 1/0). Extra columns are free.
+    """
+    names = schema.names
+    problems = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        problems.append(_missing(missing))
+    kinds = {
+        CAPTION: (is_caption_type, "text (string)"),
+        **dict.fromkeys(
+            IMAGE_COLUMNS,
+            (is_image_type, "encoded image bytes (binary, or a datasets Image struct with bytes)"),
+        ),
+        **dict.fromkeys(LABEL_COLUMNS, (is_label_type, "numbers (int, float or bool)")),
+    }
+    for column, (usable, wanted) in kinds.items():
+        count = names.count(column)
+        if count > 1:
+            problems.append(f"column {column} appears {count} times")
+        elif count == 1 and not usable(schema.field(column).type):
+            problems.append(f"column {column} has type {schema.field(column).type}, expected {wanted}")
+    return problems
+
+
+def check_schema(schema: pa.Schema, source: str) -> None:
+    """Raise PairFormatError naming ``source`` and every problem of :func:`schema_problems`."""
+    problems = schema_problems(schema)
+    if problems:
+        raise PairFormatError(f"{source} is not in the pair format: {'; '.join(problems)}")
 
 
 # --- the label rule: labels -> chosen / tie / invalid ----------------------------------------

@@ -1,13 +1,14 @@
 """`mapo-data stats`: what is in a dataset, in numbers (for people, and ``--json`` for machines).
 
 Streams the caption, image and label columns once; images are only opened far enough to read
-their header (format, size, mode), never decoded.
+their header (format, size after EXIF orientation, mode) through the pair reader, not decoded
+(a PNG carrying EXIF or XMP is read through: its orientation may follow the pixel data). So
+"unreadable" counts images whose header fails; `verify` decodes every image.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from mapo_data.filters import normalise_caption
-from mapo_data.reader import PairDataset, open_dataset
+from mapo_data.reader import PairDataset, UndecodableImage, image_info, open_dataset
 from mapo_data.schema import (
     CAPTION,
     CHOSEN_0,
@@ -64,16 +65,20 @@ def _histogram(words: np.ndarray) -> dict[str, int]:
     return hist
 
 
-def _image_header(data: bytes | None) -> tuple[str, str, str] | None:
-    from PIL import Image
-
-    if not data:
-        return None
+def _image_header(data: Any) -> tuple[str, str, str] | None:
+    """Format, displayed size (after EXIF orientation, as every reader sees it) and stored mode,
+    from the pair reader's header read; None when the image is unreadable."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.format or "unknown", f"{img.width}x{img.height}", img.mode
-    except Exception:  # stats reports unreadable images; `verify` says which rows
+        info = image_info(data)
+    except UndecodableImage:  # stats counts unreadable images; `verify` says which rows
         return None
+    return info.format, f"{info.width}x{info.height}", info.mode
+
+
+def _encoded_size(data: Any) -> int:
+    if isinstance(data, dict):  # a datasets Image struct
+        data = data.get("bytes")
+    return len(data) if isinstance(data, bytes | bytearray | memoryview) else 0
 
 
 def provenance_summary(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -128,7 +133,7 @@ def compute_stats(ds: PairDataset) -> dict[str, Any]:
                 caption_keys.add(hashlib.blake2b(normalise_caption(caption).encode(), digest_size=8).digest())
             for col in IMAGE_COLUMNS:
                 for data in batch.column(col).to_pylist():
-                    image_bytes += len(data or b"")
+                    image_bytes += _encoded_size(data)
                     header = _image_header(data)
                     if header is None:
                         unreadable += 1

@@ -67,7 +67,7 @@ class DataConfig:
     split: str = "train"
     """Split to read (Hub datasets and folders with `data/<split>-*.parquet` shards)."""
     resolution: int = 1024
-    """Training resolution: the shorter side is resized to it, then a square crop of this size."""
+    """Training resolution: the rejected image is brought to the chosen image's size, the pair's shorter side is resized to this, then one square crop of this size (one micro-conditioning row for the pair)."""
     random_crop: bool = False
     """Random crop position (the same for both images of a pair); otherwise a centre crop."""
     random_flip: bool = True

@@ -81,6 +81,8 @@ def load_pair_table(cfg: DataConfig):
     import datasets
 
     files = resolve_parquet_files(cfg.path, cfg.split)
+    if files is not None:
+        check_pair_files(files)
     try:
         if files is not None:
             ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cfg.cache_dir)
@@ -93,13 +95,43 @@ def load_pair_table(cfg: DataConfig):
     except Exception as err:  # datasets raises many types; the user needs the gist, one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MapoError(f"could not load pairs from {cfg.path} (split {cfg.split}): {first}") from err
-    missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
-    if missing:
-        raise MapoError(
-            f"{cfg.path} is not in the pair format: missing column(s) {', '.join(missing)} "
-            f"(expected {', '.join(REQUIRED_COLUMNS)})"
-        )
-    return ds.select_columns(list(REQUIRED_COLUMNS))
+    check_pair_features(ds, f"{cfg.path} (split {cfg.split})")
+    return image_bytes_columns(ds.select_columns(list(REQUIRED_COLUMNS)))
+
+
+def check_pair_files(files: list[str]) -> None:
+    """Every local file through the pair reader's opening check (readable parquet; required columns
+    present once, with usable types) before `datasets` sees it, whose own errors name neither the
+    file nor the cause. Raises a one-line MapoError naming the file."""
+    from mapo_data.reader import check_pair_file
+
+    for file in files:
+        check_pair_file(file)
+
+
+def check_pair_features(ds, source: str) -> None:
+    """The same column check on what `datasets` loaded (a Hub dataset's features); a no-op when a
+    stream does not know its features before reading."""
+    from mapo_data.schema import PairFormatError, check_schema
+
+    if ds.features is None:
+        return
+    try:
+        check_schema(ds.features.arrow_schema, source)
+    except PairFormatError as err:
+        raise MapoError(str(err)) from err
+
+
+def image_bytes_columns(ds):
+    """Image columns as `{"bytes": ...}` dicts instead of PIL images: a `datasets` Image feature
+    decodes on access with its own rules; the pair reader's decode must be the only one."""
+    import datasets
+
+    for column in IMAGE_COLUMNS:
+        feature = (ds.features or {}).get(column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds
 
 
 @dataclass(frozen=True)
@@ -211,7 +243,9 @@ def crop_and_flip(
     w, h = chosen.size
     scale = resolution / min(w, h)
     size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    resized = [img.resize(size, Image.Resampling.BICUBIC) if size != img.size else img for img in (chosen, rejected)]
+    resized = [
+        img.resize(size, Image.Resampling.BICUBIC) if size != img.size else img for img in (chosen, rejected)
+    ]
     width, height = size
     if random_crop:
         top = int(rng.integers(0, height - resolution + 1))

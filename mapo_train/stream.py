@@ -1,16 +1,17 @@
 """Training on a stream: pair datasets too big for the disk or memory (Pick-a-Pic v2, 335 GB).
 
 ``data.streaming: true`` reads the pairs through `datasets` streaming (a Hub id or local parquet
-files), shuffled by a buffer of ``data.shuffle_buffer`` pairs, with no index built up front.
+files), shuffled by a buffer of ``data.shuffle_buffer`` rows, with no index built up front.
 Chosen/rejected, ties, crops, flips and empty prompts are decided per row exactly as in
 ``mapo_train.data``, from generators keyed by (seed, epoch, rank, worker, count).
 
-Resuming: every batch carries the state of the stream that produced it (datasets'
-``IterableDataset.state_dict()``, taken inside the data loader worker, plus the epoch and count).
-The trainer keeps the latest state per worker and stores it in each checkpoint; ``--resume``
-hands the states back, and each worker continues its stream from there instead of starting over.
-As datasets documents, the shuffle buffer itself is not saved: it is refilled from the saved
-position, so the few pairs that sat in the buffer at save time are not replayed.
+Resuming is exact: a resumed stream yields exactly the rows the uninterrupted one would have
+yielded next. Every batch carries the state of the stream that produced it, taken inside the data
+loader worker: datasets' ``IterableDataset.state_dict()`` for the read position, and the shuffle
+buffer as row ordinals (``ShuffledRows``; datasets' own buffer would be lost on resume). The
+trainer keeps the latest state per worker and stores it in each checkpoint; ``--resume`` hands the
+states back, each worker re-reads the rows its buffer held (bytes only, no image is decoded) and
+continues, and the loader hands out the workers' batches in the same turn as before.
 
 A stream has no length: an "epoch" is one pass of a worker over its share, after which it starts
 the next (reshuffled) pass; DDP ranks and loader workers each read their own share of the files.
@@ -18,6 +19,7 @@ the next (reshuffled) pass; DDP ranks and loader workers each read their own sha
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +32,14 @@ from PIL import Image
 from mapo_data.errors import MapoError
 from mapo_data.schema import INVALID, LABEL_COLUMNS, REQUIRED_COLUMNS, TIE, classify_labels
 from mapo_train.config import DataConfig
-from mapo_train.data import collate_pairs, preprocess_pair, resolve_parquet_files
+from mapo_train.data import (
+    check_pair_features,
+    check_pair_files,
+    collate_pairs,
+    image_bytes_columns,
+    preprocess_pair,
+    resolve_parquet_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +47,17 @@ STATE_KEY = "stream"
 
 
 def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
-    """The pair rows as a shuffled `datasets.IterableDataset`, this rank's share only."""
+    """The pair rows as an unshuffled `datasets.IterableDataset`, this rank's share only (the
+    rows are shuffled by ``ShuffledRows``, whose buffer survives a resume)."""
     import datasets
     from datasets.distributed import split_dataset_by_node
 
     files = resolve_parquet_files(cfg.path, cfg.split)
+    if files is not None:
+        check_pair_files(files)
+    if files is not None and cfg.shuffle_buffer:
+        # datasets reorders the files itself from the second pass on; the first pass's order is seeded.
+        files = [files[i] for i in np.random.default_rng([seed, 0xF11E]).permutation(len(files))]
     try:
         if files is not None:
             ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
@@ -55,14 +70,9 @@ def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
     except Exception as err:  # datasets raises many types; the user needs the gist, one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MapoError(f"could not stream pairs from {cfg.path} (split {cfg.split}): {first}") from err
-    columns = ds.column_names
-    if columns is not None:  # some Hub datasets only know their columns once read
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise MapoError(f"{cfg.path} is not in the pair format: missing column(s) {', '.join(missing)}")
-        ds = ds.select_columns(list(REQUIRED_COLUMNS))
-    if cfg.shuffle_buffer:
-        ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
+    check_pair_features(ds, f"{cfg.path} (split {cfg.split})")
+    if ds.column_names is not None:  # some Hub datasets only know their columns once read
+        ds = image_bytes_columns(ds.select_columns(list(REQUIRED_COLUMNS)))
     if world > 1:
         ds = split_dataset_by_node(ds, rank=rank, world_size=world)
     return ds
@@ -197,7 +207,7 @@ class StreamingPairs(torch.utils.data.IterableDataset):
                 ds, self.cfg.shuffle_buffer, [self.seed, epoch, self.rank, worker], saved["rows"] if saved else None
             )
             saved = None
-            produced = False
+            produced = count > 0  # a resumed pass (possibly resumed at its very end) has had rows
             # A whole pass that trains nothing would loop forever; the pass's counts say why.
             full_pass, pass_start, rows, yielded = count == 0, dict(stats), 0, 0
             for ordinal, row in shuffled:
@@ -270,11 +280,21 @@ class StreamData:
     index: StreamIndex = field(default_factory=StreamIndex)
     states: dict[int, Any] = field(default_factory=dict)
     num_workers: int | None = None
+    next_worker: int = 0  # whose batch the trainer takes next (the loader takes workers in turn)
 
     def loader(
-        self, batch_size: int, seed: int, rank: int, world: int, start_step: int, num_workers: int
-    ) -> torch.utils.data.DataLoader:
-        # start_step is not needed: the saved states say where each worker's stream stands.
+        self,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world: int,
+        start_step: int,
+        num_workers: int,
+        start: Any = None,
+    ):
+        """Batches of this process's stream: a DataLoader, or (when resuming mid-turn with several
+        workers) an iterable over one that keeps the workers' turn."""
+        # start_step and start are not needed: the saved states say where each worker's stream stands.
         if self.states and self.num_workers is not None and self.num_workers != max(num_workers, 1):
             raise MapoError(
                 f"the checkpoint's stream position was saved with data.num_workers={self.num_workers}; "
@@ -282,18 +302,22 @@ class StreamData:
             )
         self.num_workers = max(num_workers, 1)
         ds = open_stream(self.cfg, seed, rank, world)
-        return torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             StreamingPairs(ds, self.cfg, seed, rank, resume=dict(self.states)),
             batch_size=batch_size,
             collate_fn=collate_stream,
             num_workers=num_workers,
             prefetch_factor=2 if num_workers else None,
         )
+        if self.num_workers > 1 and self.next_worker:
+            return _TakeInTurn(loader, self.num_workers, self.next_worker)
+        return loader
 
     def consumed(self, batch: dict[str, Any]) -> None:
         """Record that the trainer used ``batch``: its worker's stream now stands after it."""
         worker, state = batch["stream_state"]
         self.states[worker] = state
+        self.next_worker = (worker + 1) % (self.num_workers or 1)
         self.index.seen += len(batch["captions"])
         self.index.ties_dropped = sum(s["stats"]["ties_dropped"] for s in self.states.values())
         self.index.invalid_labels = sum(s["stats"].get("invalid_labels", 0) for s in self.states.values())
@@ -304,6 +328,7 @@ class StreamData:
         mine = {
             "num_workers": self.num_workers,
             "seen": self.index.seen,
+            "next_worker": self.next_worker,
             "workers": {str(k): v for k, v in self.states.items()},
         }
         ranks = [mine]
@@ -327,6 +352,26 @@ class StreamData:
         self.num_workers = mine["num_workers"]
         self.states = {int(k): v for k, v in mine["workers"].items()}
         self.index.seen = int(mine["seen"])
+        self.next_worker = int(mine.get("next_worker", 0))
+
+
+class _TakeInTurn:
+    """A loader's batches in the workers' turn starting at worker ``first``.
+
+    A DataLoader takes an iterable dataset's workers in turn from worker 0 (batch k comes from
+    worker k mod n). An uninterrupted run saved after worker ``first - 1``'s batch would take
+    worker ``first``'s next: each turn of a fresh loader is rotated to start there."""
+
+    def __init__(self, loader, workers: int, first: int):
+        self.loader, self.workers, self.first = loader, workers, first
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        batches = iter(self.loader)
+        while True:
+            turn = list(itertools.islice(batches, self.workers))
+            yield from turn[self.first :] + turn[: self.first]
+            if len(turn) < self.workers:
+                return
 
 
 def load_stream_data(cfg: DataConfig, seed: int, rank: int, world: int) -> StreamData:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,10 +419,6 @@ def _resume_position(state: dict[str, Any], cfg: RunConfig, num_pairs: int, worl
 
 def _launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _is_launch_main() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _reconcile_launch_settings(accelerator, cfg: RunConfig) -> None:

@@ -79,7 +79,7 @@ def curate(
 ) -> None:
     """Filter a pair dataset into a new folder, with a curation report.
 
-    Drops pairs whose labels are not a preference, undecodable, blank and near-identical pairs, duplicate images, captions beyond a cap and (optionally) pairs a CLIP judge disagrees with. IN is never modified; a rerun resumes.
+    Drops every pair verify would reject (null caption, undecodable image, labels that are not a preference or contradict the prompts), blank and near-identical pairs, duplicate images, captions beyond a cap and (optionally) pairs a CLIP judge disagrees with, each counted by reason. IN is never modified; a rerun resumes.
 
     Example: mapo-data curate runs/pixel --out runs/pixel-curated
     """

@@ -184,8 +184,6 @@ def _judge_all(
     log: Callable[[str], None],
 ):
     """Score every model's images with every judge; returns the table, verdicts and judge infos."""
-    from PIL import Image
-
     names = [judge.name for _, judge in judges]
     infos = []
     for spec, judge in judges:
@@ -212,10 +210,8 @@ def _judge_all(
         missing = [p for p in paths if not p.is_file()]
         if missing:
             raise MapoError(f"{len(missing)} rendered images of {label} are missing (first: {missing[0]})")
-        images = []
-        for path in paths:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+        # The pair reader's decode: judges see rendered images exactly as they would see pair images.
+        images = [load_rendered(path) for path in paths]
         table[label], verdicts[label] = {}, {}
         for (spec, judge), info in zip(judges, infos, strict=True):
             started = time.perf_counter()
@@ -250,18 +246,26 @@ def _score_rows(table, verdicts, infos, labels, samples, out: Path) -> list[dict
     return rows
 
 
-def _write_grids(config: EvalConfig, samples: list[Sample], out: Path) -> list[dict[str, str]]:
-    from PIL import Image
+def load_rendered(path: Path):
+    """A rendered image through the pair reader's decode (the RGB every command sees); a damaged
+    file is a one-line error naming it."""
+    from mapo_data.reader import UndecodableImage, decode_image
 
+    try:
+        return decode_image(path.read_bytes())
+    except UndecodableImage as err:
+        raise MapoError(f"{path}: rendered image does not decode ({err}); rerun to render it again") from err
+
+
+def _write_grids(config: EvalConfig, samples: list[Sample], out: Path) -> list[dict[str, str]]:
     base = config.labels[0]
     grids = []
     captions = [s.prompt if config.images_per_prompt == 1 else f"{s.prompt} (seed {s.seed})" for s in samples]
     for label in config.labels[1:]:
         left, right = [], []
         for s in samples:
-            with Image.open(image_path(out, base, s)) as a, Image.open(image_path(out, label, s)) as b:
-                left.append(a.convert("RGB"))
-                right.append(b.convert("RGB"))
+            left.append(load_rendered(image_path(out, base, s)))
+            right.append(load_rendered(image_path(out, label, s)))
         grid = side_by_side_grid(
             left,
             right,

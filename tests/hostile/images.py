@@ -13,8 +13,11 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 SIZE = 32  # square cases are SIZE x SIZE; orientation cases are stored 48 wide, 32 tall
@@ -29,6 +32,8 @@ class ImageCase:
     atol: int = 0  # allowed per-pixel difference (lossy formats only)
     mode: str | None = None  # the stored mode, as Pillow reports it (stats lists it)
     reason: str | None = None  # fragment of the undecodable reason
+    #: Whether the header reads (stats reads only headers; a truncated PNG's header is intact).
+    header_readable: bool = True
 
     @property
     def decodable(self) -> bool:
@@ -123,7 +128,7 @@ def image_cases() -> list[ImageCase]:
         ImageCase("i32_signed_tiff", save(Image.fromarray(signed, "I"), "TIFF"), grey3(stretched), mode="I")
     )
 
-    unit = np.linspace(0.0, 1.0, SIZE * SIZE, dtype=np.float32).reshape(SIZE, SIZE)
+    unit = (np.linspace(0.0, 1.0, SIZE * SIZE, dtype=np.float32) ** 2).reshape(SIZE, SIZE)  # a curve, not a ramp
     cases.append(
         ImageCase(
             "f_unit_tiff",
@@ -237,22 +242,37 @@ def image_cases() -> list[ImageCase]:
     cases.append(ImageCase("rgb_png", save(Image.fromarray(plain)), plain, mode="RGB"))
 
     whole = save(Image.fromarray(noise_rgb(15)))
-    cases.append(ImageCase("truncated_png", whole[: len(whole) // 2], None, reason="corrupt or truncated"))
+    cases.append(
+        ImageCase("truncated_png", whole[: len(whole) // 2], None, mode="RGB", reason="corrupt or truncated")
+    )
     cases.append(
         ImageCase(
             "garbage",
             b"this is not an image at all, just text" * 4,
             None,
             reason="not a recognised image format",
+            header_readable=False,
         )
     )
-    cases.append(ImageCase("empty", b"", None, reason="empty image bytes"))
+    cases.append(ImageCase("empty", b"", None, reason="empty image bytes", header_readable=False))
     cases.append(
-        ImageCase("bomb_png_huge", png_header_only(100_000, 100_000), None, reason="decompression-bomb limit")
+        ImageCase(
+            "bomb_png_huge",
+            png_header_only(100_000, 100_000),
+            None,
+            reason="decompression-bomb limit",
+            header_readable=False,
+        )
     )
     # Above mapo's limit (8192 x 8192) but below Pillow's own: mapo's constant decides.
     cases.append(
-        ImageCase("bomb_png_9000", png_header_only(9000, 9000), None, reason="decompression-bomb limit")
+        ImageCase(
+            "bomb_png_9000",
+            png_header_only(9000, 9000),
+            None,
+            reason="decompression-bomb limit",
+            header_readable=False,
+        )
     )
     return cases
 
@@ -261,3 +281,26 @@ def _where(rgb: np.ndarray, transparent: np.ndarray) -> np.ndarray:
     out = rgb.astype(np.uint8).copy()
     out[transparent] = WHITE
     return out
+
+
+def write_image_corpus(path: Path, cases: list[ImageCase]) -> Path:
+    """One Pick-a-Pic-style parquet (pyarrow only): row i holds ``cases[i]`` as the chosen image in
+    jpg_0 (labels 1/0, caption the case name), beside a noise PNG of the same displayed size as the
+    rejected image in jpg_1 (32x32 for undecodable cases)."""
+    rejected = []
+    for i, case in enumerate(cases):
+        width, height = case.size or (SIZE, SIZE)
+        rejected.append(save(Image.fromarray(noise_rgb(500 + i, width, height))))
+    table = pa.table(
+        {
+            "caption": pa.array([case.name for case in cases], pa.string()),
+            "jpg_0": pa.array([case.data for case in cases], pa.binary()),
+            "jpg_1": pa.array(rejected, pa.binary()),
+            "label_0": pa.array([1] * len(cases), pa.int64()),
+            "label_1": pa.array([0] * len(cases), pa.int64()),
+        }
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path

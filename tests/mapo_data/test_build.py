@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mapo_data.build import BuildConfig, pair_seed, run_build
+from mapo_data.build import BuildConfig, chosen_column, pair_seed, run_build
 from mapo_data.cli import main
 from mapo_data.render import RenderConfig, load_pipeline, render_images
 
@@ -73,11 +74,13 @@ def test_build_writes_pick_a_pic_shards_and_manifest(built):
     assert table.schema.field("label_0").type == "int64"
     rows = table.to_pylist()
     for row in rows:
-        assert (row["label_0"], row["label_1"]) == (1, 0)
-        assert row["prompt_0"] == f"Pixel art style image. {row['caption']}"
-        assert row["prompt_1"] == f"Realistic 8k image. {row['caption']}"
+        chosen = chosen_column(0, row["pair_id"])  # the default layout: a coin per pair
+        assert (row[f"label_{chosen}"], row[f"label_{1 - chosen}"]) == (1, 0)
+        assert row[f"prompt_{chosen}"] == f"Pixel art style image. {row['caption']}"
+        assert row[f"prompt_{1 - chosen}"] == f"Realistic 8k image. {row['caption']}"
         assert row["seed_0"] == row["seed_1"] == pair_seed(0, row["pair_id"])
     assert [r["pair_id"] for r in rows] == [0, 1, 2, 3]
+    assert manifest["config"]["chosen_position"] == "random"
 
 
 def test_build_output_loads_with_datasets_pandas_and_pil(built):
@@ -130,8 +133,105 @@ def test_independent_noise_gives_each_side_its_own_seed(tmp_path):
     run_build(config, progress=False)
     rows = pq.read_table(tmp_path / "safety" / "data" / "train-00000.parquet").to_pylist()
     assert all(r["seed_0"] != r["seed_1"] for r in rows)
-    assert rows[0]["prompt_0"] == rows[0]["caption"]  # pick-safety: chosen has no prefix
+    chosen = 0 if rows[0]["label_0"] == 1 else 1
+    assert rows[0][f"prompt_{chosen}"] == rows[0]["caption"]  # pick-safety: chosen has no prefix
     assert Image.open(io.BytesIO(rows[0]["jpg_0"])).format == "PNG"
+
+
+POSITION_ARGS = ["build", "pick-style", "--split", "pixel", "--num-pairs", "16", "--shard-size", "8",
+                 "--batch-size", "4", "--independent-noise", *FAST]  # fmt: skip
+
+
+def _position_config(out: Path, position: str, batch_size: int = 4) -> BuildConfig:
+    """POSITION_ARGS as a config."""
+    return BuildConfig(
+        preset="pick-style",
+        split="pixel",
+        out=str(out),
+        num_pairs=16,
+        shard_size=8,
+        batch_size=batch_size,
+        independent_noise=True,
+        chosen_position=position,
+        render=RenderConfig(model="tiny", dtype="fp32", steps=3),
+    )
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [r for p in sorted((folder / "data").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture(scope="module")
+def positions(tmp_path_factory) -> tuple[Path, Path]:
+    """16 pairs built twice: the default layout (random) and --chosen-position first (the CLI)."""
+    root = tmp_path_factory.mktemp("positions")
+    run_build(_position_config(root / "random", "random"), progress=False)
+    main([*POSITION_ARGS, "--chosen-position", "first", "--out", str(root / "first")])
+    return root / "random", root / "first"
+
+
+def test_chosen_image_is_in_either_column_with_its_label_prompt_and_seed(positions, capsys):
+    mixed, first = positions
+    rows, reference = _rows(mixed), _rows(first)
+    assert [r["pair_id"] for r in rows] == [r["pair_id"] for r in reference] == list(range(16))
+    columns = [chosen_column(0, r["pair_id"]) for r in rows]
+    assert 0 < sum(columns) < 16  # both positions occur
+    for row, ref, c in zip(rows, reference, columns, strict=True):
+        pair_id = row["pair_id"]
+        assert (row[f"label_{c}"], row[f"label_{1 - c}"]) == (1, 0)
+        assert row[f"prompt_{c}"] == f"Pixel art style image. {row['caption']}"
+        assert row[f"prompt_{1 - c}"] == f"Realistic 8k image. {row['caption']}"
+        assert (row[f"seed_{c}"], row[f"seed_{1 - c}"]) == (
+            pair_seed(0, pair_id, "chosen"),
+            pair_seed(0, pair_id, "rejected"),
+        )
+        # --chosen-position first: today's layout, every chosen image in jpg_0.
+        assert (ref["label_0"], ref["label_1"]) == (1, 0)
+        assert ref["prompt_0"] == row[f"prompt_{c}"] and ref["seed_0"] == row[f"seed_{c}"]
+        # The very same images, each moved with its label, prompt and seed.
+        assert (row[f"jpg_{c}"], row[f"jpg_{1 - c}"]) == (ref["jpg_0"], ref["jpg_1"])
+    in_1 = sum(columns)
+    code, out, _ = run_cli(["stats", str(mixed)], capsys)
+    assert code == 0 and f"chosen in jpg_0: {16 - in_1}, in jpg_1: {in_1}," in out
+    code, out, _ = run_cli(["stats", str(first)], capsys)
+    assert code == 0 and "chosen in jpg_0: 16, in jpg_1: 0," in out
+    code, out, _ = run_cli(["verify", str(mixed), "--no-progress"], capsys)  # labels agree with the prompts
+    assert code == 0 and out.startswith("ok: 16 pairs in 2 shards")
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest["config"]["chosen_position"] == "first"
+
+
+def test_position_coin_depends_on_seed_and_pair_id_only():
+    assert all(chosen_column(s, k, "first") == 0 for s in range(3) for k in range(50))
+    coins = [chosen_column(0, k) for k in range(2000)]
+    assert coins == [chosen_column(0, k) for k in range(2000)]  # no hidden state
+    assert 0.45 < sum(coins) / len(coins) < 0.55  # a fair coin: 4 standard deviations
+    assert coins[:64] != [chosen_column(1, k) for k in range(64)]  # another --seed, another layout
+
+
+def test_resume_gives_the_uninterrupted_bytes(positions, tmp_path):
+    mixed, _ = positions
+    out = tmp_path / "resumed"
+    shutil.copytree(mixed, out)
+    # As if the run had died after shard 0: shard 1, its marker and the manifest gone.
+    for path in (
+        out / "manifest.json",
+        out / "data" / "train-00001.parquet",
+        out / ".mapo/completions/00001.json",
+    ):
+        path.unlink()
+    logs: list[str] = []
+    run_build(_position_config(out, "random"), progress=False, log=logs.append)
+    assert logs == ["resuming: 1 of 2 shards already complete"]
+    assert shard_bytes(out) == shard_bytes(mixed)
+
+
+def test_a_rerun_with_another_chosen_position_is_refused(positions, capsys):
+    _, first = positions
+    code, _, err = run_cli([*POSITION_ARGS, "--out", str(first)], capsys)  # default: random
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: ") and "different config (differs in: chosen_position)" in lines[-1]
 
 
 def test_rerun_is_a_no_op_and_a_changed_config_is_refused(built, capsys):
@@ -298,10 +398,11 @@ def _bad_input_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
         ([*base, "--height", "100"], "multiple of 8"),
         ([*base, "--model", "no-such-org/no-such-model", "--dtype", "fp32", "--steps", "1"], "--model tiny"),
         ([*base, "--out", str(a_file)], "not a folder"),
+        ([*base, "--chosen-position", "second"], "--chosen-position must be random or first"),
     ]
 
 
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
     args, expected = _bad_input_cases(tmp_path)[case]
     out = tmp_path / "out"

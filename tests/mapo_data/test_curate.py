@@ -6,8 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mapo_data.curate import CurateConfig, curate
 from mapo_data.verify import verify_dataset
 from tests.mapo_data.pairs_factory import (
     Pair,
@@ -59,9 +61,11 @@ def test_curate_counts_reasons_and_writes_a_complete_dataset(tmp_path, capsys):
 
     report = json.loads((out / "curation_report.json").read_text())
     assert report["dropped"] == {
-        "invalid_labels": 0,
-        "tie": 0,
+        "null_caption": 0,
         "undecodable": 1,
+        "invalid_labels": 0,
+        "labels_contradict_prompts": 0,
+        "tie": 0,
         "blank": 1,
         "near_identical": 1,
         "duplicate_image": 1,
@@ -278,3 +282,128 @@ def test_judge_on_input_without_preset_needs_descriptions(tmp_path, capsys):
         *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o"), "--judge", "clip:tiny"),
         "--judge-preferred",
     )
+
+
+def _noise_png(seed: int, size: int) -> bytes:
+    return encode(noise(seed, size), "PNG")
+
+
+def test_row_groups_are_sized_by_the_bytes_written_not_the_first_row_group(tmp_path):
+    """Scaled down from a real failure: 10 small pairs, then many pairs of large PNGs, came out as
+    one row group of 305 MiB (the Hub viewer's limit is 286 MiB)."""
+    small = [(_noise_png(2 * i, 8), _noise_png(2 * i + 1, 8)) for i in range(10)]
+    large = [(_noise_png(100 + 2 * i, 64), _noise_png(101 + 2 * i, 64)) for i in range(40)]
+    images = small + large
+    table = pa.table(
+        {
+            "caption": [f"pair number {i}" for i in range(len(images))],
+            "jpg_0": pa.array([a for a, _ in images], pa.binary()),
+            "jpg_1": pa.array([b for _, b in images], pa.binary()),
+            "label_0": pa.array([1.0] * len(images)),
+            "label_1": pa.array([0.0] * len(images)),
+        }
+    )
+    src = tmp_path / "hostile.parquet"
+    pq.write_table(table, src, row_group_size=10)  # first row group: the 10 small pairs
+    assert pq.ParquetFile(src).metadata.row_group(0).num_rows == 10
+
+    target = 100_000
+    one_row = max(len(a) + len(b) for a, b in images) + 200  # values plus offsets, caption, labels
+    out = tmp_path / "out"
+    result = curate(CurateConfig(inputs=[src], out=out, row_group_bytes=target, progress=False))
+    assert result.report["kept"] == 50
+    meta = pq.ParquetFile(out / "data" / "train-00000.parquet").metadata
+    sizes = [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
+    assert all(size <= target + one_row for size in sizes), sizes
+    assert sum(meta.row_group(g).num_rows for g in range(meta.num_row_groups)) == 50
+    assert verify_dataset(out).ok
+
+
+PIXEL = ("Pixel art style image.", "Realistic 8k image.")
+
+
+def _row(caption, jpg_0, jpg_1, label_0, label_1, prompts=None) -> dict:
+    """One row as a build writes it, with the prompts following the labels unless given."""
+    chosen, rejected = (f"{PIXEL[0]} {caption or ''}".strip(), f"{PIXEL[1]} {caption or ''}".strip())
+    if prompts is None:
+        prompts = (rejected, chosen) if label_1 == 1 else (chosen, rejected)
+    return {
+        "caption": caption,
+        "jpg_0": jpg_0,
+        "jpg_1": jpg_1,
+        "label_0": label_0,
+        "label_1": label_1,
+        "prompt_0": prompts[0],
+        "prompt_1": prompts[1],
+    }
+
+
+def test_whatever_verify_rejects_curate_drops_with_its_reason(tmp_path, capsys):
+    """One pair of each kind verify rejects, in a mapo folder written with pyarrow and json alone:
+    curate drops exactly those, each counted under its reason, and its output passes verify."""
+    img = iter(encode(noise(700 + k)) for k in range(100))
+    rows = [
+        _row("good pair 0", next(img), next(img), 1.0, 0.0),
+        _row("good pair 1", next(img), next(img), 0.0, 1.0),
+        _row(None, next(img), next(img), 1.0, 0.0),  # null caption
+        _row("garbage bytes", b"not an image", next(img), 1.0, 0.0),
+        _row("empty bytes", next(img), b"", 0.0, 1.0),
+        _row("no bytes", None, next(img), 1.0, 0.0),
+        _row("truncated", encode(noise(1))[:300], next(img), 1.0, 0.0),
+        _row("null label", next(img), next(img), None, 0.0),
+        _row("nan label", next(img), next(img), float("nan"), 1.0),
+        _row("both chosen", next(img), next(img), 1.0, 1.0),
+        _row("out of range", next(img), next(img), 2.0, -1.0),
+        _row(
+            "swapped", next(img), next(img), 1.0, 0.0, prompts=(f"{PIXEL[1]} swapped", f"{PIXEL[0]} swapped")
+        ),
+        _row("a tie", next(img), next(img), 0.5, 0.5),
+        _row("good pair 2", next(img), next(img), 1.0, 0.0),
+    ]
+    src = tmp_path / "in"
+    (src / "data").mkdir(parents=True)
+    shard = src / "data" / "train-00000.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), shard)
+    manifest = {
+        "format": "mapo-pairs",
+        "format_version": 1,
+        "num_pairs": len(rows),
+        "shards": [
+            {
+                "path": "data/train-00000.parquet",
+                "rows": len(rows),
+                "bytes": shard.stat().st_size,
+                "sha256": hashlib.sha256(shard.read_bytes()).hexdigest(),
+            }
+        ],
+        "preset": {
+            "name": "pick-style",
+            "split": "pixel",
+            "chosen_prefix": PIXEL[0],
+            "rejected_prefix": PIXEL[1],
+        },
+    }
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    # Verify on the input: exactly one problem for each planted row (rows 2 to 11).
+    code, found, _ = run_cli(capsys, "verify", str(src), "--no-progress")
+    assert code == 1 and [int(line.split(" row ")[1].split(":")[0]) for line in found.splitlines()] == list(
+        range(2, 12)
+    )
+
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(
+        capsys, "curate", str(src), "--out", str(out), "--ties", "keep", "--no-progress"
+    )
+    assert code == 0, err
+    assert "kept 4 of 14 pairs" in stdout
+    report = json.loads((out / "curation_report.json").read_text())
+    assert {k: v for k, v in report["dropped"].items() if v} == {
+        "null_caption": 1,
+        "undecodable": 4,
+        "invalid_labels": 4,
+        "labels_contradict_prompts": 1,
+    }
+    kept = pq.read_table(out / "data" / "train-00000.parquet").column("caption").to_pylist()
+    assert kept == ["good pair 0", "good pair 1", "a tie", "good pair 2"]
+    code, stdout, _ = run_cli(capsys, "verify", str(out), "--no-progress")
+    assert code == 0 and stdout.strip() == "ok: 4 pairs in 1 shards, 8 images decoded"

@@ -125,7 +125,9 @@ def test_missing_manifest_and_missing_columns(tmp_path, capsys):
 
     root2 = write_mapo_dataset(tmp_path / "ds2", 2)
     rewrite_shard(root2, 0, drop_labels)
-    assert problems(root2) == ["data/train-00000.parquet: missing column label_1"]
+    assert problems(root2) == [
+        "data/train-00000.parquet: missing column(s) label_1 (expected caption, jpg_0, jpg_1, label_0, label_1)"
+    ]
 
     (tmp_path / "empty").mkdir()
     assert_one_line_error(*run_cli(capsys, "verify", str(tmp_path / "empty")), "not a dataset folder")

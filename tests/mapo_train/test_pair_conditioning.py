@@ -88,9 +88,7 @@ def before_the_fix(chosen, rejected, resolution, rng, random_crop, random_flip):
 @pytest.mark.parametrize("random_flip", [False, True])
 def test_equal_size_pairs_are_bit_identical_to_before(tmp_path, random_crop, random_flip):
     sizes = [(40, 40), (48, 32), (32, 56), (45, 33), (32, 32), (101, 64)]  # (width, height)
-    pairs = [
-        (noise(w, h, 2 * i), noise(w, h, 2 * i + 1), i % 2 == 0) for i, (w, h) in enumerate(sizes)
-    ]
+    pairs = [(noise(w, h, 2 * i), noise(w, h, 2 * i + 1), i % 2 == 0) for i, (w, h) in enumerate(sizes)]
     path = write(tmp_path / "pairs.parquet", pairs)
     cfg = DataConfig(
         path=str(path), resolution=32, num_workers=0, random_crop=random_crop, random_flip=random_flip

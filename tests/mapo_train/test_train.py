@@ -261,19 +261,3 @@ def test_prediction_type_override_reaches_training_and_validation(tmp_path, pair
         assert run.inference_scheduler.config.prediction_type == "v_prediction"
     finally:
         run.accelerator.end_training()
-
-
-def test_resume_with_another_process_count_warns_that_the_data_order_changes(tmp_path, capsys, monkeypatch):
-    from mapo_train.config import config_from_dict
-    from mapo_train.train import _check_resumable
-
-    cfg = config_from_dict({"model": {"pretrained": "tiny"}, "data": {"path": str(tmp_path)}})
-    state = {"finetune": cfg.model.finetune, "pretrained": "tiny", "num_processes": 2}
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    _check_resumable(state, cfg, tmp_path / "checkpoint-0000010")
-    err = capsys.readouterr().err
-    assert "saved by 2 process(es), this run has 1" in err and "data order differs" in err
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    _check_resumable(state, cfg, tmp_path / "checkpoint-0000010")
-    assert capsys.readouterr().err == ""
