@@ -81,9 +81,14 @@ def file_digest(path: str | Path) -> str:
             return str(recorded["sha256"])
     except (OSError, ValueError, KeyError, AttributeError):
         pass  # no memo, or an unreadable one: hash
+    if key["size"] > 256 << 20:
+        log.info("hashing %s (%.1f GB) to identify it; memoised for later runs", real, key["size"] / 1e9)
     try:
-        with open(real, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        sha = hashlib.sha256()
+        with open(real, "rb") as f:  # hashlib.file_digest is 3.11+
+            while chunk := f.read(1 << 24):
+                sha.update(chunk)
+        digest = sha.hexdigest()
         after = real.stat()
     except OSError as err:
         raise MapoError(f"cannot read {path}: {err.strerror or err}") from err
