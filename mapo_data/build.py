@@ -40,6 +40,17 @@ NON_IDENTITY_KEYS = {
     "batch_size",
     "overwrite",
     "out",
+    # Where the model and VAE come from: what they are is compared instead (CONTENT_KEYS).
+    "render.model",
+    "render.revision",
+    "render.vae",
+}
+# What the pipeline is, by content (render.pipeline_identity): a fine-tune with same-sized weights,
+# or weights changed in place, must not resume into shards rendered by other weights.
+CONTENT_KEYS = {
+    "render.model_content": "model",
+    "render.vae_content": "vae",
+    "render.resolved_dtype": "dtype",
 }
 
 
@@ -184,12 +195,28 @@ def flat_config(config: BuildConfig) -> dict[str, Any]:
     return data
 
 
-def identity(config: BuildConfig) -> dict[str, Any]:
-    return {k: v for k, v in flat_config(config).items() if k not in NON_IDENTITY_KEYS}
+def identity(config: BuildConfig, pipeline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides the bytes a build writes: the settings, and (``pipeline``, from
+    ``render.pipeline_identity``) what the model, VAE and dtype are."""
+    found = {k: v for k, v in flat_config(config).items() if k not in NON_IDENTITY_KEYS}
+    if pipeline is not None:
+        found.update({key: pipeline[part] for key, part in CONTENT_KEYS.items()})
+    return found
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    # Keys only the old record has are settings this version no longer compares (NON_IDENTITY_KEYS).
+    return sorted(k for k in new if old.get(k) != new.get(k))
+
+
+def _describe_change(key: str, old: dict[str, Any], config: BuildConfig) -> str:
+    if key in CONTENT_KEYS and key not in old:
+        return f"{key} (not recorded by the mapo version that started this build)"
+    if key == "render.model_content":
+        return f"{key} (the files of the model {config.render.model} are not those this build used)"
+    if key == "render.vae_content":
+        return f"{key} (the files of the VAE {config.render.resolved_vae()} are not those this build used)"
+    return key
 
 
 def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]]:
@@ -216,9 +243,7 @@ def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]
             f"--num-pairs {config.num_pairs} asks for more pairs than the {len(curated.prompts)} prompts "
             "left after curation; give more prompts or a smaller --num-pairs"
         )
-    pairs = plan_pairs(
-        curated.prompts, preset, config.seed, config.independent_noise, config.chosen_position
-    )
+    pairs = plan_pairs(curated.prompts, preset, config.seed, config.independent_noise, config.chosen_position)
     info = {"source": config.prompts or "mapo default prompts", "curation": curated.steps}
     return pairs, info
 
@@ -237,9 +262,10 @@ def _pair_rows(pairs: list[PairSpec], images: list, config: BuildConfig) -> list
     rows = []
     for pair, chosen, rejected in zip(pairs, images[0::2], images[1::2], strict=True):
         # Rendered chosen then rejected; each image's label, prompt and seed go with it to its column.
+        encoded = [encode_image(image, config.image_format, config.quality) for image in (chosen, rejected)]
         sides = (
-            (encode_image(chosen, config.image_format, config.quality), 1, pair.prompt_chosen, pair.seed_chosen),
-            (encode_image(rejected, config.image_format, config.quality), 0, pair.prompt_rejected, pair.seed_rejected),
+            (encoded[0], 1, pair.prompt_chosen, pair.seed_chosen),
+            (encoded[1], 0, pair.prompt_rejected, pair.seed_rejected),
         )
         columns = sides if pair.chosen_pos == 0 else sides[::-1]
         row: dict[str, Any] = {"caption": pair.caption, "pair_id": pair.pair_id}
@@ -257,8 +283,9 @@ def _write_shard(writer: DatasetWriter, index: int, batches: list[Future]) -> Sh
     return writer.write_shard(index, pa.Table.from_pylist(rows, schema=BUILD_SCHEMA))
 
 
-def _check_out_folder(out: Path, config: BuildConfig, is_main: bool) -> None:
-    """Refuse an output that is a file or belongs to a different run; clear it with --overwrite."""
+def _check_out_folder(out: Path, config: BuildConfig, is_main: bool, pipeline: dict[str, Any]) -> None:
+    """Refuse an output that is a file or belongs to a different run (other settings, or a model
+    whose content differs: ``pipeline``); clear it with --overwrite."""
     if out.exists() and not out.is_dir():
         raise MapoError(f"--out {out} exists and is not a folder")
     config_path = out / STATE_DIR / "config.json"
@@ -272,7 +299,8 @@ def _check_out_folder(out: Path, config: BuildConfig, is_main: bool) -> None:
                     target.unlink()
         return
     if config_path.is_file():
-        changed = _changed_keys(read_json(config_path), identity(config))
+        old = read_json(config_path)
+        changed = [_describe_change(k, old, config) for k in _changed_keys(old, identity(config, pipeline))]
         if changed:
             raise MapoError(
                 f"{out} was built with a different config (differs in: {', '.join(changed)}); "
@@ -293,12 +321,13 @@ def run_build(
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from mapo_data.render import load_pipeline, model_fingerprint, render_images
+    from mapo_data.render import load_pipeline, model_fingerprint, pipeline_identity, render_images
 
     started = time.perf_counter()
     state = PartialState(cpu=_wants_cpu(config.render.device))
     out = Path(config.out)
-    _check_out_folder(out, config, state.is_main_process)
+    pipeline = pipeline_identity(config.render)  # hashes are memoised: cheap after the first run
+    _check_out_folder(out, config, state.is_main_process, pipeline)
     pairs, prompt_info = prepare_prompts(config)
     writer = DatasetWriter(out)
     num_shards = -(-len(pairs) // config.shard_size)
@@ -306,7 +335,7 @@ def run_build(
         writer.remove_stale_temporaries()
     state.wait_for_everyone()  # cleanup (stale temporaries, --overwrite) must finish before anyone writes
     if state.is_main_process:
-        atomic_write_json(out / STATE_DIR / "config.json", identity(config))
+        atomic_write_json(out / STATE_DIR / "config.json", identity(config, pipeline))
     if (out / MANIFEST_NAME).is_file():
         if state.is_main_process:
             log(f"{out} is already complete ({len(pairs)} pairs); nothing to do")
@@ -318,10 +347,14 @@ def run_build(
     if skipped and state.is_main_process:
         log(f"resuming: {skipped} of {len(mine)} shards already complete")
     rendered = 0
-    model_info: dict[str, Any] = {"id": config.render.model, "revision": config.render.revision}
+    model_info: dict[str, Any] = {
+        "id": config.render.model,
+        "revision": config.render.revision,
+        "identity": pipeline,
+    }
     if todo:
         pipe = load_pipeline(config.render, device=config.render.device or str(state.device))
-        model_info = model_fingerprint(pipe, config.render)
+        model_info = model_fingerprint(pipe, config.render, pipeline)
         total = sum(len(_shard_pairs(pairs, i, config.shard_size)) for i in todo)
         bar = tqdm(
             total=total,

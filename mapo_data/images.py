@@ -10,15 +10,15 @@ them. The rules, in the order they are applied:
 2. **Orientation.** The EXIF ``Orientation`` tag is applied (``ImageOps.exif_transpose``), so a
    photo is seen upright and its size is the displayed size (a 96x64 JPEG with Orientation 6 is a
    64-wide, 96-tall image everywhere: pixels, micro-conditioning, stats).
-3. **Transparency** (RGBA, LA, PA, premultiplied RGBa/La, a palette with transparent entries, a
+3. **Transparency** (RGBA, LA, PA, premultiplied RGBa, a palette with transparent entries, a
    greyscale/RGB/16-bit colour key from PNG's tRNS) is composited onto :data:`BACKGROUND`, white:
    ``out = round((colour * alpha + 255 * (255 - alpha)) / 255)``. Colours hidden under fully
    transparent pixels never reach anyone.
 4. **Bit depth.** 16-bit samples (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) keep their high byte
    (``value >> 8``: 0..65535 maps onto 0..255), which is also how Pillow reduces 16-bit RGB and RGBA
    files, so every 16-bit source is reduced alike. 32-bit integer ``I`` images are read the same way
-   when all values lie in 0..65535 (what Pillow's PNG, PGM and unsigned 16-bit TIFF decoders put
-   there); otherwise (signed or 32-bit data) their own minimum..maximum is stretched onto 0..255.
+   when all values lie in 0..65535 (16-bit data in a 32-bit container: Pillow reads 16-bit PGM so);
+   otherwise (signed 16-bit or 32-bit TIFFs) their own minimum..maximum is stretched onto 0..255.
    Float ``F`` images whose values all lie in [0, 1] are scaled by 255 and rounded; otherwise their
    minimum..maximum is stretched onto 0..255. Non-finite float values become 0. A constant image
    outside those ranges becomes black.
@@ -49,7 +49,7 @@ BACKGROUND = (255, 255, 255)
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
-_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa")
 
 
 class UndecodableImage(ValueError):

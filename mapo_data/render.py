@@ -208,26 +208,73 @@ def render_images(
     return list(out.images)
 
 
-def model_fingerprint(pipe: StableDiffusionXLPipeline, config: RenderConfig) -> dict:
-    """Identify the weights used: the Hub commit when loaded from the Hub cache, else a content hash."""
+def pipeline_identity(config: RenderConfig) -> dict:
+    """What the pipeline ``config`` loads is, by content (``mapo_data.identity``): every part that
+    shapes the pixels, without loading any weights.
+
+    Returns ``{"model": ..., "vae": ... or None, "dtype": resolved dtype}``. A local model folder
+    (``tiny`` included) gives the digest of its ``model_index.json`` (component classes, pipeline
+    flags such as ``force_zeros_for_empty_prompt``) and the digest of every component folder it
+    loads: UNet, VAE (unless a separate VAE replaces it), both text encoders and tokenizers, and the
+    scheduler. A Hub model gives the commit its revision resolves to. A separate VAE (``--vae``, or
+    the fp16-fix VAE) is identified the same way. Neither path nor name enters, so a copied or moved
+    model keeps its identity, and a fine-tune with same-sized weights never shares it.
+
+    Raises MapoError when the model folder has no model_index.json, or when a Hub model's version
+    cannot be told (offline and not in the local Hugging Face cache).
+    """
+    from mapo_data.identity import file_digest, hub_commit, model_identity
+
+    vae = config.resolved_vae()
+    resolved = resolve_model_id(config.model)
+    local = Path(resolved).expanduser()
+    if local.is_dir():
+        index_file = local / "model_index.json"
+        if not index_file.is_file():
+            raise MapoError(f"{config.model} is not a diffusers model folder (no model_index.json)")
+        try:
+            index = json.loads(index_file.read_text())
+        except (OSError, ValueError) as err:
+            raise MapoError(f"{index_file} is not readable JSON: {err}") from err
+        # The components from_pretrained loads: [library, class] entries that are not [null, null].
+        parts = sorted(
+            name
+            for name, entry in index.items()
+            if not name.startswith("_")
+            and isinstance(entry, list)
+            and None not in entry
+            and not (name == "vae" and vae is not None)
+        )
+        model = {"index": file_digest(index_file), "parts": parts, **model_identity(resolved, parts)}
+    elif resolved.startswith((".", "/", "~")) or resolved.count("/") != 1:
+        raise _load_error("model", config.model, MapoError("no such folder, and not a Hub model id"))
+    else:
+        try:
+            model = {"hub": resolved, "commit": hub_commit(resolved, config.revision, "model_index.json")}
+        except MapoError as err:
+            raise _load_error("model", config.model, err) from err
+    try:
+        vae_identity = model_identity(vae) if vae is not None else None
+    except MapoError as err:
+        raise _load_error("VAE", vae or "", err) from err
+    return {"model": model, "vae": vae_identity, "dtype": config.resolved_dtype()}
+
+
+def model_fingerprint(
+    pipe: StableDiffusionXLPipeline, config: RenderConfig, identity: dict | None = None
+) -> dict:
+    """Name and content identity of the weights used (``identity``: ``pipeline_identity(config)``
+    when already known); ``hash`` is a short digest of that identity."""
     root = Path(pipe.config._name_or_path)
+    identity = identity if identity is not None else pipeline_identity(config)
     info: dict = {
         "id": config.model,
         "revision": config.revision,
         "vae": config.resolved_vae(),
         "dtype": config.resolved_dtype(),
+        "identity": identity,
+        "hash": hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16],
     }
     if "snapshots" in root.parts:
         info["revision"] = root.name  # the Hub cache keeps each commit under snapshots/<sha>
-    if root.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            rel = path.relative_to(root).as_posix()
-            digest.update(rel.encode())
-            # Configs are hashed by content; weights by size (hashing GBs of weights would take minutes).
-            if path.suffix == ".json":
-                digest.update(json.dumps(json.loads(path.read_text()), sort_keys=True).encode())
-            else:
-                digest.update(str(path.stat().st_size).encode())
-        info["hash"] = digest.hexdigest()[:16]
     return info

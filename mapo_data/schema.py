@@ -58,13 +58,6 @@ def shard_name(index: int, split: str = "train") -> str:
     return f"{DATA_DIR}/{split}-{index:05d}.parquet"
 
 
-def check_columns(column_names: list[str] | tuple[str, ...], source: str = "table") -> None:
-    """Raise PairFormatError naming every required column that is missing."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in column_names]
-    if missing:
-        raise PairFormatError(f"{source} is not in the pair format: {_missing(missing)}")
-
-
 def _missing(columns: list[str]) -> str:
     return f"missing column(s) {', '.join(columns)} (expected {', '.join(REQUIRED_COLUMNS)})"
 

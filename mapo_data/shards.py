@@ -284,9 +284,10 @@ class DatasetWriter:
     def open_shard(self, index: int, schema: pa.Schema) -> Iterator[RowGroupWriter]:
         """A :class:`RowGroupWriter` for shard ``index`` with this writer's row-group policy, on a
         temporary file that becomes the staged shard when the block succeeds (see ``shard_file``)."""
-        with self.shard_file(index) as tmp, RowGroupWriter(
-            tmp, schema, max_bytes=self.row_group_bytes, max_rows=self.row_group_rows
-        ) as out:
+        with (
+            self.shard_file(index) as tmp,
+            RowGroupWriter(tmp, schema, max_bytes=self.row_group_bytes, max_rows=self.row_group_rows) as out,
+        ):
             yield out
 
     def write_shard(self, index: int, table: pa.Table) -> ShardInfo:

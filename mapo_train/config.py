@@ -232,6 +232,15 @@ class RunConfig:
             raise ConfigError("data.cache_shard_size and data.cache_batch_size must be at least 1")
         if d.shuffle_buffer < 0:
             raise ConfigError("data.shuffle_buffer must be 0 (no shuffling) or more")
+        # Anything but off/auto is a folder: a switch word must not become a folder named `no`.
+        switch = d.cache.strip().lower()
+        if switch in ("off", "no", "false", "auto"):
+            d.cache = "auto" if switch == "auto" else "off"
+        elif switch in ("on", "yes", "true"):
+            raise ConfigError(
+                f"data.cache: {d.cache!r} does not say where the cache goes; use auto (a keyed folder under "
+                f"$MAPO_CACHE or ~/.cache/mapo/train-cache), a folder (e.g. ./{d.cache}), or off"
+            )
         if d.streaming and d.cache != "off":
             raise ConfigError(
                 "data.streaming and data.cache exclude each other: a cache indexes every pair; set data.cache=off"
@@ -326,8 +335,62 @@ def _type_name(tp: Any) -> str:
     return "empty" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+class _Typed:
+    """A YAML scalar that YAML 1.1 read as a bool or a number, kept with the text as written.
+
+    A str field takes the text (``data.cache=off`` is "off", not False; ``model.revision=1.10`` is
+    "1.10", not "1.1"; ``data.split=010`` is "010", not "8"), every other field the value."""
+
+    __slots__ = ("text", "value")
+
+    def __init__(self, text: str, value: Any):
+        self.text, self.value = text, value
+
+    def __str__(self) -> str:  # a mapping key written as `yes:` or `1:` stays what was typed
+        return self.text
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that keeps the written text of bools and numbers (see _Typed)."""
+
+
+def _keep_text(tag: str):
+    construct_value = yaml.SafeLoader.yaml_constructors[tag]
+
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> _Typed:
+        return _Typed(node.value, construct_value(loader, node))
+
+    return construct
+
+
+for _tag in ("bool", "int", "float"):
+    _RecipeLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _keep_text(f"tag:yaml.org,2002:{_tag}"))
+
+
+def _read_yaml(text: str) -> Any:
+    """Parse a recipe or an override value: safe YAML whose bools and numbers remember their text."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _takes_text(tp: Any, text: str) -> bool:
+    """Whether ``tp`` takes a scalar's written text as it is: a str, or one of a Literal's choices."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_text(arg, text) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return text in typing.get_args(tp)
+    return tp is str
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Turn a YAML value (or an override string) into ``tp``, or raise ConfigError naming ``key``."""
+    if isinstance(value, _Typed):
+        if _takes_text(tp, value.text):
+            return value.text
+        value = value.value
     origin = typing.get_origin(tp)
     bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
@@ -446,7 +509,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"override {text!r} has no key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
@@ -472,7 +535,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] | tuple[str, ...
         if not path.is_file():
             raise ConfigError(f"recipe {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = _read_yaml(path.read_text())
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""

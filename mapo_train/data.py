@@ -83,9 +83,16 @@ def load_pair_table(cfg: DataConfig):
     files = resolve_parquet_files(cfg.path, cfg.split)
     if files is not None:
         check_pair_files(files)
+    # `datasets` knows local files by path and mtime only: a file rewritten in place with its mtime
+    # restored would load the old Arrow cache under the old fingerprint (and so the old latent cache
+    # key). A config name from the files' content makes any change a new Arrow cache and a new
+    # fingerprint; unchanged files (digests memoised) still reuse theirs.
+    content = f"content-{local_files_digest(files)[:32]}" if files is not None else None
     try:
         if files is not None:
-            ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cfg.cache_dir)
+            ds = datasets.load_dataset(
+                "parquet", name=content, data_files=files, split="train", cache_dir=cfg.cache_dir
+            )
         else:
             if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
                 raise MapoError(f"data.path {cfg.path} does not exist (and is not a Hub dataset id)")
@@ -97,6 +104,17 @@ def load_pair_table(cfg: DataConfig):
         raise MapoError(f"could not load pairs from {cfg.path} (split {cfg.split}): {first}") from err
     check_pair_features(ds, f"{cfg.path} (split {cfg.split})")
     return image_bytes_columns(ds.select_columns(list(REQUIRED_COLUMNS)))
+
+
+def local_files_digest(files: list[str]) -> str:
+    """sha256 (hex) over the files' contents in order (row order follows file order); each file's
+    digest is memoised by ``mapo_data.identity.file_digest``. MapoError names an unreadable file."""
+    from mapo_data.identity import file_digest
+
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file_digest(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def check_pair_files(files: list[str]) -> None:

@@ -204,7 +204,10 @@ class StreamingPairs(torch.utils.data.IterableDataset):
         while True:
             # The pass's rows, shuffled by a buffer whose content checkpoints keep (see ShuffledRows).
             shuffled = ShuffledRows(
-                ds, self.cfg.shuffle_buffer, [self.seed, epoch, self.rank, worker], saved["rows"] if saved else None
+                ds,
+                self.cfg.shuffle_buffer,
+                [self.seed, epoch, self.rank, worker],
+                saved["rows"] if saved else None,
             )
             saved = None
             produced = count > 0  # a resumed pass (possibly resumed at its very end) has had rows

@@ -27,7 +27,14 @@ import torch
 from mapo_data.errors import MapoError
 from mapo_train import checkpoint as ckpt
 from mapo_train.config import RunConfig, dump_config
-from mapo_train.data import DataPosition, PairBatchSampler, PairData, index_digest, load_pair_data
+from mapo_train.data import (
+    DataPosition,
+    PairBatchSampler,
+    PairData,
+    index_digest,
+    load_pair_data,
+    resolve_parquet_files,
+)
 from mapo_train.encode import EncodedPairs, PairEncoder, SDXLTextEncoder
 from mapo_train.losses import get_loss
 from mapo_train.model import (
@@ -298,6 +305,7 @@ def _trainer_state(run: Run) -> dict[str, Any]:
     if cfg.data.streaming:
         # A stream's position is not implied by the step: each worker's stream state is saved.
         state.update(run.data.position(run.accelerator))
+        state["stream_files"] = _stream_files(cfg)
     else:
         # Pairs consumed, not steps: a resume with another batch size, accumulation or process
         # count continues the same permutation at the same pair.
@@ -338,6 +346,15 @@ def _resume_settings(cfg: RunConfig) -> dict[str, Any]:
     return settings
 
 
+def _stream_files(cfg: RunConfig) -> list[list[Any]] | None:
+    """Name, size and modification time of each local file a stream reads (None for a Hub id):
+    a stream's saved position is a place in these files."""
+    files = resolve_parquet_files(cfg.data.path, cfg.data.split)
+    if files is None:
+        return None
+    return [[Path(f).name, (st := Path(f).stat()).st_size, st.st_mtime_ns] for f in files]
+
+
 def _pairs_identity(data) -> dict[str, Any]:
     """What the indexed pairs are: their number, which rows with which winner, and the table's
     `datasets` fingerprint (its files' identity) when known."""
@@ -367,6 +384,12 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
                 f"{name}={_show(now[name])}: {why}; resume with the saved value or start a new run"
             )
     stream = state.get("stream")
+    if cfg.data.streaming and stream and state.get("stream_files") not in (None, _stream_files(cfg)):
+        raise MapoError(
+            f"checkpoint {path} streamed other files than data.path={cfg.data.path} holds now "
+            "(files added, removed or rewritten): the saved stream position would point at other pairs; "
+            "resume on the same data or start a new run"
+        )
     if cfg.data.streaming and stream:
         world = _launched_world_size()
         if stream["world"] != world:
@@ -375,7 +398,11 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
                 "a stream's position belongs to its process count; resume with the same number of processes"
             )
         workers = stream["ranks"][0].get("num_workers")
-        if workers is not None and "data.num_workers" not in saved and workers != max(cfg.data.num_workers, 1):
+        if (
+            workers is not None
+            and "data.num_workers" not in saved
+            and workers != max(cfg.data.num_workers, 1)
+        ):
             raise MapoError(
                 f"checkpoint {path} was saved with data.num_workers={workers}, but this run has "
                 f"data.num_workers={cfg.data.num_workers}: a stream's position belongs to its workers"

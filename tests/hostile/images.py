@@ -128,7 +128,9 @@ def image_cases() -> list[ImageCase]:
         ImageCase("i32_signed_tiff", save(Image.fromarray(signed, "I"), "TIFF"), grey3(stretched), mode="I")
     )
 
-    unit = (np.linspace(0.0, 1.0, SIZE * SIZE, dtype=np.float32) ** 2).reshape(SIZE, SIZE)  # a curve, not a ramp
+    unit = (np.linspace(0.0, 1.0, SIZE * SIZE, dtype=np.float32) ** 2).reshape(
+        SIZE, SIZE
+    )  # a curve, not a ramp
     cases.append(
         ImageCase(
             "f_unit_tiff",
@@ -237,6 +239,14 @@ def image_cases() -> list[ImageCase]:
             mode="RGB",
         )
     )
+
+    # 16-bit RGB PNG (Pillow has no writer for it): Pillow reads it as RGB from the high bytes.
+    rgb16 = (np.random.default_rng(16).integers(0, 65536, (SIZE, SIZE, 3))).astype(">u2")
+    rows = b"".join(b"\x00" + rgb16[y].tobytes() for y in range(SIZE))  # filter byte 0 per row
+    ihdr = struct.pack(">IIBBBBB", SIZE, SIZE, 16, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(rows))
+    data += png_chunk(b"IEND", b"")
+    cases.append(ImageCase("rgb16_png", data, (rgb16.astype(np.uint32) >> 8).astype(np.uint8), mode="RGB"))
 
     plain = noise_rgb(14)
     cases.append(ImageCase("rgb_png", save(Image.fromarray(plain)), plain, mode="RGB"))

@@ -416,3 +416,68 @@ def test_bad_input_is_one_line_error_and_writes_nothing(case, tmp_path, capsys):
     assert lines[-1].startswith("error: ") and expected in lines[-1]
     assert "Traceback" not in err + stdout
     assert not (out / "manifest.json").exists() and not (out / "data").exists()
+
+
+def _perturb_weights_in_place(weights: Path) -> None:
+    """Change the lowest byte of one fp32 value in a safetensors file, keeping its size, as a
+    fine-tune of the same architecture would (written with plain file I/O, not mapo's writers)."""
+    data = bytearray(weights.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # u64 header length, then the JSON header
+    middle = start + (len(data) - start) // 2 // 4 * 4
+    data[middle] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
+IDENTITY_ARGS = ["build", "pick-style", "--split", "pixel", "--num-pairs", "2", "--shard-size", "1",
+                 "--dtype", "fp32", "--steps", "1", "--no-progress"]  # fmt: skip
+
+
+def test_a_resume_with_other_weights_of_the_same_size_is_refused(tmp_path, tiny_model_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model)
+    out = tmp_path / "out"
+    code, _, err = run_cli([*IDENTITY_ARGS, "--model", str(model), "--out", str(out)], capsys)
+    assert code == 0, err
+    # The same model by content, named differently: the build is complete, nothing to do.
+    code, _, err = run_cli([*IDENTITY_ARGS, "--model", "tiny", "--out", str(out)], capsys)
+    assert code == 0 and "already complete (2 pairs)" in err
+    # As if the run had died after shard 0, then the model's UNet was replaced by same-sized weights.
+    for path in (
+        out / "manifest.json",
+        out / "data" / "train-00001.parquet",
+        out / ".mapo/completions/00001.json",
+    ):
+        path.unlink()
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    size = weights.stat().st_size
+    _perturb_weights_in_place(weights)
+    assert weights.stat().st_size == size
+    before = shard_bytes(out)
+    code, stdout, err = run_cli([*IDENTITY_ARGS, "--model", str(model), "--out", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err + stdout
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == (
+        f"error: {out} was built with a different config (differs in: render.model_content (the files of "
+        f"the model {model} are not those this build used)); use --overwrite to start over or choose another --out"
+    )
+    assert shard_bytes(out) == before and not (out / "manifest.json").exists()
+
+
+def test_a_resume_with_a_changed_separate_vae_is_refused(tmp_path, tiny_model_path, capsys):
+    vae = tmp_path / "vae"
+    shutil.copytree(Path(tiny_model_path) / "vae", vae)
+    out = tmp_path / "out"
+    args = [*IDENTITY_ARGS, "--model", "tiny", "--vae", str(vae), "--out", str(out)]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["identity"]["vae"] is not None
+    assert "vae" not in manifest["model"]["identity"]["model"]["parts"]  # the model's own VAE is not loaded
+    (out / "manifest.json").unlink()
+    _perturb_weights_in_place(vae / "diffusion_pytorch_model.safetensors")
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert (
+        f"differs in: render.vae_content (the files of the VAE {vae} are not those this build used)"
+        in err.splitlines()[-1]
+    )

@@ -74,7 +74,17 @@ def test_rows_verify_rejects_are_dropped_under_their_first_problem():
     preset = {"chosen_prefix": "Pixel art.", "rejected_prefix": "Photo."}
     batch = pa.RecordBatch.from_pydict(
         {
-            "caption": ["good", None, "null label", "1/1", "2/-1", "empty image", "swapped", "tie", "junk, no label"],
+            "caption": [
+                "good",
+                None,
+                "null label",
+                "1/1",
+                "2/-1",
+                "empty image",
+                "swapped",
+                "tie",
+                "junk, no label",
+            ],
             "jpg_0": [A, A, A, A, A, A, A, A, b"junk"],
             "jpg_1": [B, B, B, B, B, b"", B, B, B],
             "label_0": pa.array([0, 1, None, 1, 2, 1, 1, 0.5, None], pa.float64()),
@@ -95,7 +105,8 @@ def test_rows_verify_rejects_are_dropped_under_their_first_problem():
         None,  # a tie has no chosen side to check against the prompts
         "undecodable",  # the first of its two problems, in the order verify lists them
     ]
-    assert [reason(ValidRowFilter(), c) for c in candidates_of(batch)][6] is None  # no preset, no prompt check
+    without_preset = [reason(ValidRowFilter(), c) for c in candidates_of(batch)]
+    assert without_preset[6] is None  # no preset: nothing to check the prompts against
 
 
 def test_ties_keep_or_drop():

@@ -34,6 +34,34 @@ def corpus(tmp_path_factory):
     return write_image_corpus(tmp_path_factory.mktemp("hostile") / "corpus.parquet", CASES)
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_one_decode_gives_the_displayed_rgb_picture(case):
+    from mapo_data.images import UndecodableImage, decode_image, image_info
+
+    if not case.decodable:
+        with pytest.raises(UndecodableImage, match=case.reason):
+            decode_image(case.data)
+        return
+    image = decode_image(case.data)
+    assert image.mode == "RGB" and image.size == case.size
+    diff = np.abs(np.asarray(image).astype(int) - case.expected.astype(int)).max()
+    assert diff <= case.atol, diff
+    info = image_info(case.data)
+    assert ((info.width, info.height), info.mode) == (case.size, case.mode)
+
+
+def test_the_pixel_limit_is_one_parameter():
+    from mapo_data.images import MAX_IMAGE_PIXELS, UndecodableImage, decode_image
+
+    data = save(Image.fromarray(noise_rgb(1)))  # 32x32 = 1024 pixels
+    assert decode_image(data, max_pixels=1024).size == (32, 32)
+    with pytest.raises(
+        UndecodableImage, match="32x32 is 1024 pixels, above the decompression-bomb limit of 1023"
+    ):
+        decode_image(data, max_pixels=1023)
+    assert MAX_IMAGE_PIXELS == 8192 * 8192
+
+
 def test_verify_lists_exactly_the_undecodable_images(corpus, capsys):
     code, out, err = run_cli(capsys, "verify", str(corpus), "--no-progress")
     assert code == 1 and "Traceback" not in out + err
@@ -99,11 +127,37 @@ def test_stats_reports_an_exif_rotated_jpeg_at_its_displayed_size(tmp_path, caps
     path = tmp_path / "rotated.parquet"
     rejected = save(Image.fromarray(noise_rgb(3, 64, 96)))
     pq.write_table(
-        pa.table({"caption": ["a"], "jpg_0": [data], "jpg_1": [rejected], "label_0": [1], "label_1": [0]}), path
+        pa.table({"caption": ["a"], "jpg_0": [data], "jpg_1": [rejected], "label_0": [1], "label_1": [0]}),
+        path,
     )
     code, out, _ = run_cli(capsys, "stats", str(path), "--json")
     assert code == 0
     assert json.loads(out)["images"]["sizes"] == {"64x96": 2}
+
+
+def test_datasets_image_struct_columns_are_read_as_image_bytes(tmp_path, capsys):
+    """`datasets` Image columns (struct of bytes and path) are accepted and decoded like binary."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, _ = exif_jpeg(6, 48, 32)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rejected = save(Image.fromarray(noise_rgb(4, 32, 48)))
+    path = tmp_path / "images.parquet"
+    table = pa.table(
+        {
+            "caption": ["x"],
+            "jpg_0": pa.array([{"bytes": data, "path": None}], struct),
+            "jpg_1": pa.array([{"bytes": rejected, "path": "r.png"}], struct),
+            "label_0": [1],
+            "label_1": [0],
+        }
+    )
+    pq.write_table(table, path)
+    code, out, _ = run_cli(capsys, "verify", str(path), "--no-progress")
+    assert code == 0 and out.startswith("ok: 1 pairs in 1 shards, 2 images decoded")
+    images = dataset_stats(path)["images"]
+    assert images["sizes"] == {"32x48": 2} and images["mean_bytes"] == (len(data) + len(rejected)) / 2
 
 
 def test_preview_tiles_show_the_decoded_pixels(corpus, tmp_path):

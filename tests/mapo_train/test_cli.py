@@ -206,3 +206,14 @@ def test_two_process_ddp_on_cpu(tmp_path, pairs_parquet):
     checkpoint = out / "checkpoint-0000002"
     assert (checkpoint / "random_states_0.pkl").is_file() and (checkpoint / "random_states_1.pkl").is_file()
     assert (out / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_switch_words_reach_str_settings_through_the_command_line(capsys):
+    """`data.cache=off` on the command line: YAML reads off as False, the setting is the word."""
+    argv = ["--recipe", str(QUICKSTART), "data.cache=off", "train.mixed_precision=no", "--print-config"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["data"]["cache"] == "off" and printed["train"]["mixed_precision"] == "no"
+    code, _, err = run_main(["--recipe", str(QUICKSTART), "data.cache=yes"], capsys)
+    assert_one_line_error(code, err, "data.cache: 'yes' does not say where the cache goes")

@@ -151,3 +151,39 @@ def test_missing_and_broken_recipe_files(tmp_path):
     scalar.write_text("just a string\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_config(scalar)
+
+
+def test_str_fields_take_yaml_switch_words_and_numbers_as_written(tmp_path):
+    """YAML 1.1 reads off/no/yes as booleans and 1.10 / 010 as numbers; a str field gets the text."""
+    cfg = config_from_dict(
+        MINIMAL, ["data.cache=off", "train.mixed_precision=no", "model.revision=1.10", "data.split=010"]
+    )
+    assert (cfg.data.cache, cfg.train.mixed_precision) == ("off", "no")
+    assert (cfg.model.revision, cfg.data.split) == ("1.10", "010")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "data:\n  path: pairs\n  cache: off\n  split: 010\n  random_flip: off\n"
+        "model:\n  revision: 1.10\ntrain:\n  mixed_precision: no\n  max_steps: 1_000\n"
+        "validation:\n  prompts: [yes, 1.10]\n"
+    )
+    cfg = load_config(recipe)
+    assert (cfg.data.cache, cfg.data.split, cfg.model.revision) == ("off", "010", "1.10")
+    assert cfg.data.random_flip is False and cfg.train.mixed_precision == "no"
+    assert cfg.train.max_steps == 1000 and cfg.validation.prompts == ["yes", "1.10"]
+    # What --print-config writes loads back to the same values.
+    assert yaml.safe_load(dump_config(cfg))["model"]["revision"] == "1.10"
+    with pytest.raises(ConfigError, match="train.max_steps: expected int, got True"):
+        config_from_dict(MINIMAL, ["train.max_steps=yes"])
+
+
+@pytest.mark.parametrize(
+    ("value", "cache"), [("off", "off"), ("OFF", "off"), ("no", "off"), ("false", "off"), ("Auto", "auto")]
+)
+def test_data_cache_switch_words_mean_the_documented_values(value, cache):
+    assert config_from_dict(MINIMAL, [f"data.cache={value}"]).data.cache == cache
+
+
+def test_data_cache_yes_is_refused_rather_than_made_a_folder():
+    with pytest.raises(ConfigError, match=r"data.cache: 'yes' does not say where the cache goes; use auto"):
+        config_from_dict(MINIMAL, ["data.cache=yes"])
+    assert config_from_dict(MINIMAL, ["data.cache=./yes"]).data.cache == "./yes"

@@ -10,6 +10,7 @@ resolution; an undecodable pair is skipped, counted, and the next pair stands in
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from tests.hostile.schema import SCHEMA_CASES, write_good
 from ..tolerances import torch_kwargs
 
 RES = 32
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "train" / "quickstart-tiny.yaml"
 CASES = image_cases()
 DECODABLE = [i for i, c in enumerate(CASES) if c.decodable]
 UNDECODABLE = [i for i, c in enumerate(CASES) if not c.decodable]
@@ -137,7 +139,9 @@ def _one_pair(path, chosen: bytes, rejected_size: tuple[int, int]):
     import pyarrow.parquet as pq
 
     rejected = save(Image.fromarray(noise_rgb(9, *rejected_size)))
-    table = pa.table({"caption": ["x"], "jpg_0": [chosen], "jpg_1": [rejected], "label_0": [1], "label_1": [0]})
+    table = pa.table(
+        {"caption": ["x"], "jpg_0": [chosen], "jpg_1": [rejected], "label_0": [1], "label_1": [0]}
+    )
     pq.write_table(table, path)
     return path
 
@@ -176,6 +180,55 @@ def test_transparent_png_trains_on_white(tmp_path):
     torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["indexed", "streamed"])
+def test_datasets_image_columns_reach_training_through_the_one_decode(tmp_path, streaming):
+    """A parquet written by `datasets` with Image features (struct of bytes and path, with the
+    features in its metadata): `datasets` would hand over PIL images decoded by its own rules;
+    training must get the bytes and decode them like every other reader (here: EXIF applied)."""
+    import json
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, shown = exif_jpeg(6, 48, 32)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rejected = save(Image.fromarray(noise_rgb(4, 32, 48)))
+    features = datasets.Features(
+        {
+            "caption": datasets.Value("string"),
+            "jpg_0": datasets.Image(),
+            "jpg_1": datasets.Image(),
+            "label_0": datasets.Value("int64"),
+            "label_1": datasets.Value("int64"),
+        }
+    )
+    table = pa.table(
+        {
+            "caption": ["x"],
+            "jpg_0": pa.array([{"bytes": data, "path": None}], struct),
+            "jpg_1": pa.array([{"bytes": rejected, "path": "r.png"}], struct),
+            "label_0": [1],
+            "label_1": [0],
+        }
+    ).replace_schema_metadata(
+        {b"huggingface": json.dumps({"info": {"features": features.to_dict()}}).encode()}
+    )
+    path = tmp_path / "images.parquet"
+    pq.write_table(table, path)
+    cfg = data_cfg(path, streaming=streaming, shuffle_buffer=0, cache_dir=str(tmp_path / "hf"))
+    if streaming:
+        stream = load_stream_data(cfg, seed=0, rank=0, world=1)
+        item = next(iter(stream.loader(batch_size=1, seed=0, rank=0, world=1, start_step=0, num_workers=0)))
+        pixels, ids = item["pixels_w"][0], item["time_ids_w"][0]
+    else:
+        item = load_pair_data(cfg, seed=0).dataset[(0, 0)]
+        pixels, ids = item["pixels_w"], item["time_ids_w"]
+    assert item["bad"] == 0
+    assert ids.tolist() == [48, 32, 8, 0, 32, 32]
+    torch.testing.assert_close(pixels, as_training_tensor(shown[8:40]), rtol=0, atol=0)
+
+
 # --- schema faults --------------------------------------------------------------------------------
 
 
@@ -212,7 +265,7 @@ def test_mapo_train_says_which_file_and_why_in_one_line(case, tmp_path, capsys):
     out = tmp_path / "run"
     argv = [
         "--recipe",
-        str(cli_recipe()),
+        str(QUICKSTART),
         f"data.path={folder}",
         f"train.output_dir={out}",
         "train.report_to=none",
@@ -223,13 +276,7 @@ def test_mapo_train_says_which_file_and_why_in_one_line(case, tmp_path, capsys):
     _, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
     assert exc.value.code == 2 and "Traceback" not in err
-    assert lines == [f"error: {lines[0][len('error: ') :]}"] and str(bad) in lines[0], lines
-    assert schema_case.fragment in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert str(bad) in lines[0] and schema_case.fragment in lines[0], lines
     # Nothing that looks like a finished (or started) run.
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
-
-
-def cli_recipe():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[2] / "recipes" / "train" / "quickstart-tiny.yaml"

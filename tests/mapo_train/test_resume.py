@@ -145,6 +145,49 @@ def test_sampler_start_step_and_start_position_agree():
         assert _take(by_step, 4) == _take(by_position, 4)
 
 
+@pytest.mark.slow
+def test_run_of_two_processes_resumed_by_one_trains_the_rest_of_the_epoch(
+    tmp_path, sixteen_pairs, trained_keys
+):
+    """Two real processes (torchrun, as accelerate launch starts them) train 2 steps of 2 x 2
+    pairs; one process resumes and trains the epoch's other 8 pairs, in the permutation's order."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    argv = ["--recipe", str(root / "recipes" / "train" / "quickstart-tiny.yaml")]
+    argv += [
+        f"data.path={sixteen_pairs}",
+        "data.resolution=32",
+        "data.num_workers=0",
+        f"train.output_dir={out}",
+    ]
+    argv += ["train.max_steps=2", "train.batch_size=2", "train.checkpoint_every=2", "model.finetune=lora"]
+    argv += ["validation.enabled=false", "train.report_to=none", "lora.rank=4"]
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        ACCELERATE_USE_CPU="true",
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*command, "-m", "mapo_train", *argv], capture_output=True, text=True, env=env, cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = _state(out / "checkpoint-0000002")
+    assert state["num_processes"] == 2 and state["position"] == {"epoch": 0, "pairs": 8}
+    assert not trained_keys  # the two processes trained in their own interpreters
+    cfg = _config(sixteen_pairs, out, "model.finetune=lora", "lora.rank=4", "train.max_steps=6")
+    resumed = train(cfg, resume="latest")
+    assert resumed.global_step == 6
+    assert [p for _, p in trained_keys] == data_module.epoch_order(0, 0, 16)[8:].tolist()
+    assert {e for e, _ in trained_keys} == {0}
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals: one line naming the setting, before any model is loaded
 
@@ -357,9 +400,16 @@ def test_streamed_training_resumed_after_13_and_17_pairs_sees_what_comes_next(
         checkpoint = tmp_path / "a" / f"checkpoint-{cut:07d}"
         train(_config(stream_files, tmp_path / f"b{cut}", *settings, streaming=True), resume=str(checkpoint))
         assert seen == uninterrupted[cut:], cut
+    if workers == 0:  # one stream: a larger batch after resuming takes the same next pairs
+        seen.clear()
+        checkpoint = tmp_path / "a" / "checkpoint-0000013"
+        cfg = _config(stream_files, tmp_path / "c", *settings, "train.batch_size=2", streaming=True)
+        train(cfg, resume=str(checkpoint))
+        assert len(seen) == 14 and seen[:7] == uninterrupted[13:]
+        assert len(set(uninterrupted + seen[7:])) == 27  # then pairs not trained before
 
 
-def test_stream_refuses_another_buffer_worker_or_process_count(
+def test_stream_refuses_another_buffer_worker_process_count_or_files(
     tmp_path, stream_files, forbid_model_loading, monkeypatch
 ):
     settings = ("model.finetune=lora", "train.max_steps=1", "train.checkpoint_every=1")
@@ -380,4 +430,9 @@ def test_stream_refuses_another_buffer_worker_or_process_count(
     with pytest.raises(
         MapoError, match=r"saved by 1 process\(es\), this run has 2: .*same number of processes"
     ):
+        train(cfg, resume="latest")
+    monkeypatch.delenv("WORLD_SIZE")
+    # A file rewritten in place (here: one row fewer): the saved position would be elsewhere.
+    pd.read_parquet(stream_files / "part-1.parquet").iloc[:15].to_parquet(stream_files / "part-1.parquet")
+    with pytest.raises(MapoError, match=f"streamed other files than data.path={stream_files} holds now"):
         train(cfg, resume="latest")
