@@ -320,6 +320,15 @@ def _data_source(path: str) -> str:
     return str(local.resolve()) if local.exists() else path
 
 
+_OBJECTIVE_SETTINGS = {
+    "loss.name",
+    "data.resolution",
+    "data.random_crop",
+    "data.random_flip",
+    "data.proportion_empty_prompts",
+}
+
+
 def _resume_settings(cfg: RunConfig) -> dict[str, Any]:
     """Settings that decide which pairs come next (or, for LoRA, the adapter's shapes and
     strength): a resume with any of them changed could not continue the run, and is refused
@@ -333,6 +342,13 @@ def _resume_settings(cfg: RunConfig) -> dict[str, Any]:
         "data.ties": d.ties,
         "data.max_pairs": d.max_pairs,
         "train.seed": cfg.train.seed,  # the epoch permutations, crops and flips
+        # What each pair becomes and what it is trained for: the rest of the run would train
+        # another preprocessing or objective than the steps already taken.
+        "loss.name": cfg.loss.name,
+        "data.resolution": d.resolution,
+        "data.random_crop": d.random_crop,
+        "data.random_flip": d.random_flip,
+        "data.proportion_empty_prompts": d.proportion_empty_prompts,
     }
     if d.streaming:
         # Each loader worker reads its own share of the files, and its buffer has this size.
@@ -374,11 +390,14 @@ def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
     saved, now = state.get("settings") or {}, _resume_settings(cfg)
     for name, then in saved.items():
         if name in now and now[name] != then:
-            why = (
-                "the adapters would not fit or would act with another strength"
-                if name.startswith("lora.")
-                else "the resumed run would not see the pairs the saved run would have seen next"
-            )
+            if name.startswith("lora."):
+                why = "the adapters would not fit or would act with another strength"
+            elif name in _OBJECTIVE_SETTINGS:
+                why = (
+                    "the rest of the run would train another objective or preprocessing than its first steps"
+                )
+            else:
+                why = "the resumed run would not see the pairs the saved run would have seen next"
             raise MapoError(
                 f"checkpoint {path} was saved with {name}={_show(then)}, but this run has "
                 f"{name}={_show(now[name])}: {why}; resume with the saved value or start a new run"

@@ -219,6 +219,13 @@ def forbid_model_loading(monkeypatch):
         ("lora.alpha=16", "saved with lora.alpha=4, but this run has lora.alpha=16.0"),
         ("lora.target_modules=to_q", "saved with lora.target_modules=to_k,to_out.0,to_q,to_v"),
         ("data.streaming=true", "saved with data.streaming=False, but this run has data.streaming=True"),
+        ("loss.name=dpo", "saved with loss.name=mapo, but this run has loss.name=dpo: the rest of the run"),
+        ("data.resolution=64", "saved with data.resolution=32, but this run has data.resolution=64"),
+        (
+            "data.random_flip=false",
+            "saved with data.random_flip=True, but this run has data.random_flip=False",
+        ),
+        ("data.proportion_empty_prompts=0.5", "but this run has data.proportion_empty_prompts=0.5"),
     ],
 )
 def test_a_setting_that_changes_what_comes_next_is_refused_by_name(
