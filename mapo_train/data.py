@@ -81,8 +81,7 @@ def load_pair_table(cfg: DataConfig):
     import datasets
 
     files = resolve_parquet_files(cfg.path, cfg.split)
-    if files is not None:
-        check_pair_files(files)
+    common = check_pair_files(files) if files is not None else {}
     # `datasets` knows local files by path and mtime only: a file rewritten in place with its mtime
     # restored would load the old Arrow cache under the old fingerprint (and so the old latent cache
     # key). A config name from the files' content makes any change a new Arrow cache and a new
@@ -91,7 +90,7 @@ def load_pair_table(cfg: DataConfig):
     try:
         if files is not None:
             ds = datasets.load_dataset(
-                "parquet", name=content, data_files=files, split="train", cache_dir=cfg.cache_dir
+                "parquet", name=content, data_files=files, split="train", cache_dir=cfg.cache_dir, **common
             )
         else:
             if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
@@ -117,14 +116,51 @@ def local_files_digest(files: list[str]) -> str:
     return digest.hexdigest()
 
 
-def check_pair_files(files: list[str]) -> None:
+def check_pair_files(files: list[str]) -> dict[str, Any]:
     """Every local file through the pair reader's opening check (readable parquet; required columns
     present once, with usable types) before `datasets` sees it, whose own errors name neither the
-    file nor the cause. Raises a one-line MapoError naming the file."""
+    file nor the cause. Raises a one-line MapoError naming the file.
+
+    Returns extra ``load_dataset`` arguments: none when the files agree on the pair columns' types;
+    otherwise one set of types that holds every file's values (see ``_common_features``).
+    """
     from mapo_data.reader import check_pair_file
 
-    for file in files:
-        check_pair_file(file)
+    schemas = [check_pair_file(file).schema_arrow for file in files]
+    return _common_features(files, schemas)
+
+
+def _common_features(files: list[str], schemas: list) -> dict[str, Any]:
+    """`datasets` reads every file with the first file's types and fails, naming nothing, where a
+    value does not fit: a 0.5/0.5 tie in a float64 file after an int64 one (Pick-a-Pic shards
+    beside ours). Where files differ, the pair columns are read as labels float64, captions string,
+    images binary (or a datasets Image struct); struct images beside binary ones are refused."""
+    import datasets
+    import pyarrow as pa
+
+    types = {column: [schema.field(column).type for schema in schemas] for column in REQUIRED_COLUMNS}
+    if all(len(set(kinds)) == 1 for kinds in types.values()):
+        return {}
+    features = {}
+    for column, kinds in types.items():
+        if len(set(kinds)) == 1:
+            features[column] = datasets.Features.from_arrow_schema(pa.schema([schemas[0].field(column)]))[
+                column
+            ]
+        elif column in LABEL_COLUMNS:
+            features[column] = datasets.Value("float64")  # exact for ints below 2**53; bools as 1/0
+        elif column == CAPTION:
+            features[column] = datasets.Value("string")
+        else:
+            structs = [pa.types.is_struct(kind) for kind in kinds]
+            if any(structs) and not all(structs):
+                a, b = structs.index(True), structs.index(False)
+                raise MapoError(
+                    f"{files[a]} stores {column} as {kinds[a]} but {files[b]} as {kinds[b]}: "
+                    "datasets cannot read them as one dataset; train on them separately or rewrite one"
+                )
+            features[column] = datasets.Image(decode=False) if all(structs) else datasets.Value("binary")
+    return {"columns": list(REQUIRED_COLUMNS), "features": datasets.Features(features)}
 
 
 def check_pair_features(ds, source: str) -> None:

@@ -53,14 +53,13 @@ def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
     from datasets.distributed import split_dataset_by_node
 
     files = resolve_parquet_files(cfg.path, cfg.split)
-    if files is not None:
-        check_pair_files(files)
+    common = check_pair_files(files) if files is not None else {}
     if files is not None and cfg.shuffle_buffer:
         # datasets reorders the files itself from the second pass on; the first pass's order is seeded.
         files = [files[i] for i in np.random.default_rng([seed, 0xF11E]).permutation(len(files))]
     try:
         if files is not None:
-            ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+            ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True, **common)
         else:
             if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
                 raise MapoError(f"data.path {cfg.path} does not exist (and is not a Hub dataset id)")
