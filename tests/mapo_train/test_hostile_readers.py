@@ -233,6 +233,39 @@ def test_datasets_image_columns_reach_training_through_the_one_decode(tmp_path, 
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["indexed", "streamed"])
+def test_files_whose_pair_columns_differ_in_type_read_as_one(tmp_path, streaming):
+    """Our int64-label shard beside a Pick-a-Pic-style float64 shard with a 0.5/0.5 tie: `datasets`
+    alone reads the second as int64 and fails ("An error occurred while generating the dataset")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.hostile.schema import good_columns
+
+    folder = tmp_path / "pairs"
+    write_good(folder / "a.parquet")  # labels int64 1/0, captions string
+    cols = good_columns(seed=1)
+    cols["caption"] = pa.array([f"pick {i}" for i in range(4)], pa.large_string())
+    cols["label_0"] = pa.array([0.5, 0.0, 0.7, 1.0], pa.float64())
+    cols["label_1"] = pa.array([0.5, 1.0, 0.3, 0.0], pa.float64())
+    pq.write_table(pa.table(cols), folder / "b.parquet")
+    cfg = data_cfg(folder, streaming=streaming, shuffle_buffer=0, cache_dir=str(tmp_path / "hf"))
+    expected = [(1.0, 0.0)] * 4 + [(0.5, 0.5), (0.0, 1.0), (0.7, 0.3), (1.0, 0.0)]
+    if streaming:
+        rows = list(open_stream(cfg, seed=0))
+    else:
+        table = load_pair_data(cfg, seed=0).table
+        rows = [table[i] for i in range(len(table))]
+    assert [(r["label_0"], r["label_1"]) for r in rows] == expected
+    assert [r["caption"] for r in rows][4:] == [f"pick {i}" for i in range(4)]
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cols["jpg_0"] = pa.array([{"bytes": b, "path": None} for b in cols["jpg_0"].to_pylist()], struct)
+    pq.write_table(pa.table(cols), folder / "b.parquet")
+    with pytest.raises(MapoError, match=r"b\.parquet stores jpg_0 as struct<.*> but .*a\.parquet as binary"):
+        open_stream(cfg, seed=0) if streaming else load_pair_data(cfg, seed=0)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["indexed", "streamed"])
 @pytest.mark.parametrize("beside_good", [False, True], ids=["alone", "beside-a-good-shard"])
 @pytest.mark.parametrize("case", SCHEMA_CASES, ids=[c.name for c in SCHEMA_CASES])
 def test_schema_faults_name_the_file_before_datasets_reads_it(case, beside_good, streaming, tmp_path):
