@@ -205,8 +205,10 @@ def bench_training(
             with torch.autocast(device.type, dtype=autocast_dtype):
                 return denoising_losses(ref_unet, c.noise_scheduler, pairs, noise, timesteps, "epsilon")
 
-    # The frozen parts: in bf16 on the device on the fly; on the cache they stay on the CPU.
-    vae_dtype = torch.float32 if device.type == "cpu" else autocast_dtype
+    # The frozen parts: the text encoders in bf16 and the VAE in fp32 (the trainer's
+    # model.vae_dtype=auto under bf16), on the device on the fly; on the cache they stay on the CPU.
+    text_dtype = torch.float32 if device.type == "cpu" else autocast_dtype
+    vae_dtype = torch.float32
     text = SDXLTextEncoder(c.tokenizer, c.tokenizer_2, c.text_encoder, c.text_encoder_2)
     g = torch.Generator().manual_seed(0)
     batch = {
@@ -220,8 +222,9 @@ def bench_training(
             [[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32
         ),
     }
-    for part in (c.vae, c.text_encoder, c.text_encoder_2):
-        part.to("cpu" if cached else device, vae_dtype)
+    c.vae.to("cpu" if cached else device, vae_dtype)
+    for part in (c.text_encoder, c.text_encoder_2):
+        part.to("cpu" if cached else device, text_dtype)
     if cached:
         # What the cache hands the step: the latent distribution and the text encodings (made once).
         with torch.no_grad():
