@@ -264,6 +264,8 @@ def test_rerun_is_a_no_op_and_a_changed_config_is_refused(built, capsys):
             "6",
             "--shard-size",
             "4",
+            "--batch-size",
+            "2",
             "--out",
             str(built),
             *FAST,
@@ -272,8 +274,8 @@ def test_rerun_is_a_no_op_and_a_changed_config_is_refused(built, capsys):
     )
     assert code == 0 and "already complete" in err
     code, _, err = run_cli(
-        ["build", "pick-style", "--split", "pixel", "--num-pairs", "6", "--shard-size", "4", "--out", str(built),
-         *FAST[:-3], "--steps", "5", "--no-progress"],
+        ["build", "pick-style", "--split", "pixel", "--num-pairs", "6", "--shard-size", "4", "--batch-size", "2",
+         "--out", str(built), *FAST[:-3], "--steps", "5", "--no-progress"],
         capsys,
     )  # fmt: skip
     assert code == 2
