@@ -118,7 +118,7 @@ def model_path(name: str, work: Path) -> str:
 
 
 def pairs_folder(work: Path, resolution: int, n: int = 48) -> Path:
-    from mapo_train.synthetic import write_synthetic_pairs
+    from mapo_train.learning_check import write_synthetic_pairs
 
     folder = work / f"pairs-{resolution}"
     if not (folder / "train-00000.parquet").is_file():

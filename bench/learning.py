@@ -4,7 +4,7 @@ The tiny model is first pretrained (SFT) on pairs that prefer the *rejected* sty
 (and DPO's reference) is mismatched with the chosen style; then each method fine-tunes that start
 on the same pairs, with the same budget, learning rate and seed, through the real trainer.
 Evaluated from checkpoints: held-out implicit accuracy (fixed noise and timesteps) and where
-freshly sampled latents sit between smooth (0) and blocky (1) (mapo_train.synthetic.LatentProbe;
+freshly sampled latents sit between smooth (0) and blocky (1) (mapo_train.learning_check.LatentProbe;
 the plot shows this continuous position, the JSON also the share past the blocky threshold).
 
     python bench/learning.py --out runs/bench-learning            # about 2 minutes on 2 cores
@@ -73,7 +73,7 @@ def main() -> None:
 
     import torch
 
-    from mapo_train.synthetic import finetune, prepare_experiment
+    from mapo_train.learning_check import finetune, prepare_experiment
 
     torch.set_num_threads(1)
     out = Path(args.out)

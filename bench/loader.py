@@ -33,7 +33,7 @@ def write_jpeg_pairs(path: Path, n: int, width: int, height: int) -> Path:
     import pandas as pd
     from PIL import Image
 
-    from mapo_train.synthetic import blocky_image, smooth_image
+    from mapo_train.learning_check import blocky_image, smooth_image
 
     rng = np.random.default_rng(0)
     rows = []

@@ -20,6 +20,15 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    # diffusers and transformers bind their log handler to whatever sys.stderr is when they first
+    # log. Bound inside a test that captures output (capsys), it would later write to a closed
+    # stream and print "--- Logging error ---" tracebacks into another test's output, so the
+    # outcome would depend on test order. Bind both now, to the session's stderr.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.get_logger("diffusers")
+    transformers_logging.get_logger("transformers")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from mapo_train.eval_cli import main
+from mapo_train.cli.eval import main
 from tests.mapo_train.eval_factory import lora_state_dict, make_tuned_unet_run, misfit_lora, save_lora
 
 PROMPTS = ["a red fox in the snow", "a castle on a hill", "a boat on a lake"]

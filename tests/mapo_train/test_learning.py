@@ -9,7 +9,7 @@ bench/learning.py.
 
 from __future__ import annotations
 
-from mapo_train.synthetic import finetune, prepare_experiment
+from mapo_train.learning_check import finetune, prepare_experiment
 
 
 def test_mapo_lifts_heldout_implicit_accuracy(tmp_path, tiny_model_path):

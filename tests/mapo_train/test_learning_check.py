@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mapo_train.synthetic import blocky_image, flatness, smooth_image, write_synthetic_pairs
+from mapo_train.learning_check import blocky_image, flatness, smooth_image, write_synthetic_pairs
 
 
 def test_flatness_separates_the_two_kinds():

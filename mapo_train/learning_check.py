@@ -1,4 +1,5 @@
-"""A synthetic preference task with a measurable property, for checking that training learns.
+"""The learning check's world: a synthetic preference task with a measurable property, for
+checking that training learns (not training code: the trainer never imports it).
 
 Chosen images are *flat*: a few axis-aligned blocks of solid colour. Rejected images are their
 opposite: smooth two-colour gradients at a random angle with fine texture on top. ``flatness``

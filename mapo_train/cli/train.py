@@ -1,15 +1,11 @@
-"""The `mapo-train` command line: parse arguments, call typed functions, report errors in one line.
+"""`mapo-train` (training): parse a recipe and overrides, call ``mapo_train.train.train``.
 
 mapo-train --recipe RECIPE.yaml [section.key=value ...] [--resume latest|PATH]
-mapo-train eval ...     (mapo_train.eval_cli)
-mapo-train cache ...    (mapo_train.cache_cli)
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 
 from mapo_data.errors import MapoError
 
@@ -26,9 +22,6 @@ subcommands:
   mapo-train eval ...    compare base and fine-tuned models (mapo-train eval --help)
   mapo-train cache ...   precompute latents and text embeddings (mapo-train cache --help)
 """
-
-# First-word subcommands, each a module with main(argv); imported only when used.
-SUBCOMMANDS = {"eval": "mapo_train.eval_cli", "cache": "mapo_train.cache_cli"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,19 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _subcommand(name: str, argv: list[str]) -> int:
-    try:
-        module = importlib.import_module(SUBCOMMANDS[name])
-    except ModuleNotFoundError as err:
-        if err.name == SUBCOMMANDS[name]:
-            raise MapoError(f"`mapo-train {name}` is not available in this version") from None
-        raise
-    return module.main(argv) or 0
-
-
 def run(argv: list[str]) -> int:
-    if argv and argv[0] in SUBCOMMANDS:
-        return _subcommand(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     from mapo_train.config import describe_fields, dump_config, load_config
 
@@ -93,16 +74,3 @@ def run(argv: list[str]) -> int:
         print(f"validation grid: {result.validation_grid}")
     print(f"curves: {result.output_dir / 'curves.png'}; model card: {result.output_dir / 'README.md'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        code = run(argv)
-    except MapoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code)

@@ -1,0 +1,49 @@
+"""The `mapo-train` command line. Each command lives in its own module of this package and only
+parses arguments and calls typed functions; this module picks the command from the first word and
+turns user errors into a one-line message with a non-zero exit.
+
+mapo-train --recipe RECIPE.yaml [section.key=value ...] [--resume latest|PATH]   (cli.train)
+mapo-train eval ...                                                              (cli.eval)
+mapo-train cache ...                                                             (cli.cache)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from mapo_data.errors import MapoError
+
+# First-word subcommands, each a module with main(argv); imported only when used.
+SUBCOMMANDS = {"eval": "mapo_train.cli.eval", "cache": "mapo_train.cli.cache"}
+
+
+def _subcommand(name: str, argv: list[str]) -> int:
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name])
+    except ModuleNotFoundError as err:
+        if err.name == SUBCOMMANDS[name]:
+            raise MapoError(f"`mapo-train {name}` is not available in this version") from None
+        raise
+    return module.main(argv) or 0
+
+
+def run(argv: list[str]) -> int:
+    if argv and argv[0] in SUBCOMMANDS:
+        return _subcommand(argv[0], argv[1:])
+    from mapo_train.cli import train
+
+    return train.run(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = run(argv)
+    except MapoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code)
