@@ -25,6 +25,7 @@ from typing import Any
 
 from mapo_data import __version__
 from mapo_data.errors import MapoError
+from mapo_data.judged import JudgedConfig
 from mapo_data.presets import Preset, get_preset
 from mapo_data.render import RenderConfig
 from mapo_data.schema import BUILD_SCHEMA, FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
@@ -32,6 +33,8 @@ from mapo_data.shards import STATE_DIR, DatasetWriter, ShardInfo, atomic_write_j
 
 IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 CHOSEN_POSITIONS = ("random", "first")
+#: The preset name of a judged build: N candidates per prompt ranked by a judge (mapo_data.judged).
+JUDGED = "judged"
 # Settings that change how the work is done but not what is written; a rerun may change them.
 # batch_size is not one of them: fp32 kernels round differently for another batch shape, so a
 # resumed shard rendered with another batch size would differ from the uninterrupted run by a
@@ -46,6 +49,9 @@ NON_IDENTITY_KEYS = {
     "render.model",
     "render.revision",
     "render.vae",
+    # Where a judged build's candidates go: whether they are kept is compared instead (identity),
+    # and a shard whose candidates are missing from the folder is redone (run_build).
+    "judged.keep_candidates",
 }
 # What the pipeline is, by content (render.pipeline_identity): a fine-tune with same-sized weights,
 # or weights changed in place, must not resume into shards rendered by other weights.
@@ -103,8 +109,21 @@ class BuildConfig:
     overwrite: bool = False
     """Delete a previous run's output in `out` and start over."""
     render: RenderConfig = field(default_factory=RenderConfig)
+    judged: JudgedConfig | None = None
+    """preset ``judged`` only: candidates, judge, pairing rule and margin (``mapo_data.judged``);
+    ``num_pairs`` then counts prompts and ``batch_size`` images per pipeline call."""
 
     def __post_init__(self) -> None:
+        if (self.preset == JUDGED) != (self.judged is not None):
+            raise MapoError(
+                "build judged needs --judge (and takes --candidates, --pairs, --min-margin)"
+                if self.preset == JUDGED
+                else f"--judge, --candidates, --pairs and --min-margin only apply to build judged, not {self.preset}"
+            )
+        if self.judged is not None and self.independent_noise:
+            raise MapoError(
+                "--independent-noise does not apply to build judged: every candidate has its own seed"
+            )
         if self.image_format not in IMAGE_FORMATS:
             raise MapoError(f"unknown --image-format {self.image_format!r}; choose jpeg, png or webp")
         if self.shard_size < 1 or self.batch_size < 1:
@@ -117,12 +136,18 @@ class BuildConfig:
             raise MapoError(f"--chosen-position must be random or first, not {self.chosen_position!r}")
 
     def resolved_preset(self) -> Preset:
+        if self.preset == JUDGED:
+            # Both sides share the prompt: the judge, not a prefix, decides which image is chosen.
+            if self.split or self.chosen_prefix is not None or self.rejected_prefix is not None:
+                raise MapoError("build judged takes --prefix, not --split/--chosen-prefix/--rejected-prefix")
+            prefix = ((self.judged.prefix if self.judged else None) or "").strip()
+            return Preset(JUDGED, None, prefix, prefix)
         return get_preset(self.preset, self.split, self.chosen_prefix, self.rejected_prefix)
 
     def resolved_style_words(self) -> str:
         if self.style_words is not None:
             return self.style_words
-        return "off" if self.preset == "pick-safety" else "drop"
+        return "off" if self.preset in ("pick-safety", JUDGED) else "drop"
 
 
 @dataclass(frozen=True)
@@ -191,6 +216,10 @@ def flat_config(config: BuildConfig) -> dict[str, Any]:
     """The config as a flat dict with dotted keys for the render part, JSON-friendly."""
     data = asdict(config)
     render = data.pop("render")
+    # Present only for judged builds, so a prefix build's recorded identity is unchanged.
+    judged = data.pop("judged")
+    if judged is not None:
+        data.update({f"judged.{k}": list(v) if isinstance(v, tuple) else v for k, v in judged.items()})
     data["require_words"] = list(config.require_words)
     data["style_words"] = config.resolved_style_words()
     data.update({f"render.{k}": v for k, v in render.items()})
@@ -203,6 +232,11 @@ def identity(config: BuildConfig, pipeline: dict[str, Any] | None = None) -> dic
     found = {k: v for k, v in flat_config(config).items() if k not in NON_IDENTITY_KEYS}
     if pipeline is not None:
         found.update({key: pipeline[part] for key, part in CONTENT_KEYS.items()})
+    if config.judged is not None:
+        from mapo_data.judged import judge_identity
+
+        found["judged.judge_content"] = judge_identity(config.judged)
+        found["judged.keeps_candidates"] = bool(config.judged.keep_candidates)
     return found
 
 
@@ -221,12 +255,15 @@ def _describe_change(key: str, old: dict[str, Any], config: BuildConfig) -> str:
     return key
 
 
-def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]]:
-    """Load and curate prompts and plan the pairs (no model weights are loaded)."""
+def prepare_prompts(config: BuildConfig) -> tuple[list[Any], dict[str, Any]]:
+    """Load and curate prompts and plan the work (no model weights are loaded): a PairSpec per pair,
+    or for a judged build a ``judged.PromptSpec`` (a prompt and its candidates' seeds) per prompt."""
     from mapo_data.prompts import PromptCurationConfig, curate_prompts, load_prompts, load_tokenizers
 
     preset = config.resolved_preset()
-    raw = load_prompts(config.prompts, column=config.prompt_column, split=config.prompt_split)
+    raw = load_prompts(
+        config.prompts, column=config.prompt_column, split=config.prompt_split, what="--prompts"
+    )
     curation = PromptCurationConfig(
         max_tokens=config.max_tokens,
         style_words=config.resolved_style_words(),
@@ -237,7 +274,7 @@ def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]
     curated = curate_prompts(
         raw,
         curation,
-        tokenizers=load_tokenizers(config.render.model),
+        tokenizers=load_tokenizers(config.render.tokenizer_source()),
         prefixes=(preset.chosen_prefix, preset.rejected_prefix),
     )
     if config.num_pairs is not None and len(curated.prompts) < config.num_pairs:
@@ -245,6 +282,11 @@ def prepare_prompts(config: BuildConfig) -> tuple[list[PairSpec], dict[str, Any]
             f"--num-pairs {config.num_pairs} asks for more pairs than the {len(curated.prompts)} prompts "
             "left after curation; give more prompts or a smaller --num-pairs"
         )
+    if config.judged is not None:
+        from mapo_data.judged import plan_candidates
+
+        units = plan_candidates(curated.prompts, config.judged.prefix, config.seed, config.judged.candidates)
+        return units, {"source": config.prompts or "mapo default prompts", "curation": curated.steps}
     pairs = plan_pairs(curated.prompts, preset, config.seed, config.independent_noise, config.chosen_position)
     info = {"source": config.prompts or "mapo default prompts", "curation": curated.steps}
     return pairs, info
@@ -333,6 +375,11 @@ def run_build(
     pairs, prompt_info = prepare_prompts(config)
     writer = DatasetWriter(out)
     num_shards = -(-len(pairs) // config.shard_size)
+    ranked_writer = None
+    if config.judged is not None and config.judged.keep_candidates:
+        from mapo_data.judged import prepare_ranked_folder
+
+        ranked_writer = prepare_ranked_folder(config, state.is_main_process)
     if state.is_main_process:
         writer.remove_stale_temporaries()
     state.wait_for_everyone()  # cleanup (stale temporaries, --overwrite) must finish before anyone writes
@@ -344,7 +391,11 @@ def run_build(
         return _result(out, writer, num_shards, started, 0, num_shards)
 
     mine = [i for i in range(num_shards) if i % state.num_processes == state.process_index]
-    todo = [i for i in mine if writer.completed(i) is None]
+    todo = [
+        i
+        for i in mine
+        if writer.completed(i) is None or (ranked_writer is not None and ranked_writer.completed(i) is None)
+    ]
     skipped = len(mine) - len(todo)
     if skipped and state.is_main_process:
         log(f"resuming: {skipped} of {len(mine)} shards already complete")
@@ -358,12 +409,25 @@ def run_build(
         pipe = load_pipeline(config.render, device=config.render.device or str(state.device))
         model_info = model_fingerprint(pipe, config.render, pipeline)
         total = sum(len(_shard_pairs(pairs, i, config.shard_size)) for i in todo)
+        tag = f" [{state.process_index}]" if state.num_processes > 1 else ""
+        if config.judged is not None:
+            from mapo_data.judged import CombinedJudge, render_judged_shard, write_judged_shard
+
+            judge = CombinedJudge(config.judged, device=config.render.device or str(state.device))
+            total *= config.judged.candidates
+            judge_bar = tqdm(
+                total=total,
+                unit="image",
+                desc=f"judging{tag}",
+                disable=not progress,
+                position=2 * state.process_index + 1,
+            )
         bar = tqdm(
             total=total,
-            unit="pair",
-            desc=f"rendering [{state.process_index}]" if state.num_processes > 1 else "rendering",
+            unit="image" if config.judged is not None else "pair",
+            desc=f"rendering{tag}",
             disable=not progress,
-            position=state.process_index,
+            position=2 * state.process_index if config.judged is not None else state.process_index,
         )
         # One background worker keeps jobs in submission order: a shard's encode jobs finish
         # before its write job runs, and at most a shard or two of images is held in memory.
@@ -371,6 +435,13 @@ def run_build(
             pending: list[Future] = []
             for index in todo:
                 shard_pairs = _shard_pairs(pairs, index, config.shard_size)
+                if config.judged is not None:
+                    jobs = render_judged_shard(pipe, pool, judge, shard_pairs, config, (bar, judge_bar))
+                    rendered += len(shard_pairs)
+                    pending.append(pool.submit(write_judged_shard, writer, ranked_writer, index, jobs))
+                    while len(pending) > 2:
+                        pending.pop(0).result()
+                    continue
                 batches = []
                 for start in range(0, len(shard_pairs), config.batch_size):
                     batch = shard_pairs[start : start + config.batch_size]
@@ -387,6 +458,8 @@ def run_build(
             for job in pending:
                 job.result()
         bar.close()
+        if config.judged is not None:
+            judge_bar.close()
     if state.is_main_process:
         infos = _wait_for_shards(writer, num_shards)
         manifest = {
@@ -409,7 +482,17 @@ def run_build(
                 }
             ],
         }
+        if config.judged is not None:
+            from mapo_data import judged
+
+            records = judged.collect(out, num_shards)
+            manifest["provenance"][0].update(judged.provenance(config, records, prompt_info["source"]))
+            judged.write_candidates_file(out, records)
+            if ranked_writer is not None:
+                judged.finish_ranked(ranked_writer, num_shards, config)
         writer.write_manifest(manifest)
+        if config.judged is not None:
+            log(judged.summary_line(records))
     return _result(out, writer, num_shards, started, rendered, skipped)
 
 

@@ -52,6 +52,7 @@ from mapo_data.shards import (
     read_json,
     shard_entries,
 )
+from mapo_data.text import plural
 
 REPORT_JSON = "curation_report.json"
 REPORT_MD = "curation_report.md"
@@ -429,8 +430,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Curation report",
         "",
-        f"- input: `{report['input']['path']}` ({seen} pairs in {report['input']['shards']} shards)",
-        f"- output: `{report['output']['path']}` ({report['kept']} pairs kept, {share(report['kept'])})",
+        f"- input: `{report['input']['path']}` ({plural(seen, 'pair')} in {plural(report['input']['shards'], 'shard')})",
+        f"- output: `{report['output']['path']}` ({plural(report['kept'], 'pair')} kept, {share(report['kept'])})",
         f"- ties seen: {report['ties']['seen']} (policy: {report['ties']['policy']})",
         "",
         "| reason | dropped | share of input |",

@@ -158,7 +158,13 @@ def hub_commit(repo_id: str, revision: str | None, probe: str) -> str:
 
 
 def model_identity(
-    model: str, subfolders: Sequence[str] = ("",), revision: str | None = None, variant: str | None = None
+    model: str,
+    subfolders: Sequence[str] = ("",),
+    revision: str | None = None,
+    variant: str | None = None,
+    config: str | None = None,
+    *,
+    what: str = "model",
 ) -> dict[str, Any]:
     """What the parts ``subfolders`` of ``model`` (a local folder, a Hub id or ``tiny``) are.
 
@@ -166,11 +172,20 @@ def model_identity(
     neither path nor folder names, so a moved or copied model (or a VAE folder given on its own
     that equals the base model's ``vae/``) keeps its identity, and changed bytes never do; a Hub id
     gives ``{"hub": repo_id, "commit": sha, "parts": subfolders}``. ``variant`` picks which weight files load, so it is
-    part of the identity; ``""`` names the model's own folder.
+    part of the identity; ``""`` names the model's own folder. An SDXL single-file checkpoint
+    (``.safetensors``) gives the sha256 of the file and of what its ``config`` folder lends the
+    parts (``mapo_data.single_file.model_identity``).
     """
-    from mapo_data.tiny import resolve_model_id
+    from mapo_data.resolve import resolve_model
+    from mapo_data.single_file import is_single_file
 
-    resolved = resolve_model_id(model)
+    if is_single_file(model):
+        from mapo_data.single_file import model_identity as single_file_identity
+
+        return single_file_identity(model, config, tuple(s for s in subfolders if s))
+    # One resolver (mapo_data.resolve): a missing path or unknown Hub id fails here, named by
+    # ``what`` (the argument, e.g. model.pretrained), before any download.
+    resolved = resolve_model(model, what)
     local = Path(resolved).expanduser()
     if local.is_dir():
         content = []
@@ -180,8 +195,8 @@ def model_identity(
                 raise MapoError(f"model {model} has no {sub}/ folder")
             content.append(folder_digest(part))
         return {"content": content, "variant": variant}
-    if resolved.startswith((".", "/", "~")) or resolved.count("/") != 1:
-        raise MapoError(f"model {model} is neither a folder nor a Hub model id")
+    if local.exists():
+        raise MapoError(f"{what} {model} is a file, not a model folder")
     probe = f"{subfolders[0]}/config.json" if subfolders and subfolders[0] else "config.json"
     commit = hub_commit(resolved, revision, probe)
     return {"hub": resolved, "commit": commit, "parts": list(subfolders), "variant": variant}

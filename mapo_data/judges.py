@@ -118,11 +118,26 @@ def _pooled(output: Any):
 class _ClipBackbone:
     """A CLIP model + processor on a device, embedding texts and images (L2-normalised)."""
 
-    def __init__(self, model: str, *, device: str, batch_size: int, processor_fallback: str | None = None):
-        from mapo_data.tiny_clip import resolve_clip_id
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str,
+        batch_size: int,
+        processor_fallback: str | None = None,
+        judge: str = "clip",
+    ):
+        from mapo_data.resolve import resolve
+        from mapo_data.tiny_clip import TINY_CLIP_NAME, tiny_clip_path
 
         self.model_id = model
-        path = resolve_clip_id(model)
+        # A missing folder or an unknown Hub id fails here at once (the one resolver).
+        path = resolve(
+            model,
+            f"the {judge} judge's model",
+            builtins={TINY_CLIP_NAME: tiny_clip_path},
+            hint="give a local copy (JUDGE:FOLDER), or run once with the Hub reachable so its cache holds it",
+        )
         try:
             from transformers import AutoProcessor, CLIPModel
 
@@ -306,6 +321,7 @@ class _PromptClipScorer(Judge):
             device=device,
             batch_size=batch_size,
             processor_fallback=self.processor_fallback,
+            judge=self.name,
         )
 
     @property
@@ -405,6 +421,13 @@ class AestheticJudge(Judge):
 
         if model is None:
             clip_id = AESTHETIC_CLIP
+            from mapo_data.resolve import resolve
+
+            resolve(
+                AESTHETIC_HEAD_REPO,
+                "the aesthetic judge's head",
+                hint="give a local copy (aesthetic:FOLDER), or run once with the Hub reachable so its cache holds it",
+            )
             try:
                 from huggingface_hub import hf_hub_download
 

@@ -20,9 +20,17 @@ from mapo_data.errors import MapoError
 from mapo_data.reader import open_dataset
 from mapo_data.schema import MANIFEST_NAME
 from mapo_data.shards import STATE_DIR, sha256_file
+from mapo_data.text import human_bytes, plural
 
 CARD_NAME = "README.md"
-OPTIONAL_FILES = ("preview.png", "curation_report.json", "curation_report.md")
+# score_gaps.png: the card's histogram; candidates.jsonl: every candidate of a judged build.
+OPTIONAL_FILES = (
+    "preview.png",
+    "curation_report.json",
+    "curation_report.md",
+    "score_gaps.png",
+    "candidates.jsonl",
+)
 STAGE_DIR = f"{STATE_DIR}/push/stage"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 HUB = "https://huggingface.co/datasets"
@@ -123,15 +131,6 @@ def stage(files: list[StagedFile], dest: Path) -> Path:
     return dest
 
 
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _scrub(text: str, token: str | None) -> str:
     """One line, and never the token (an error message may echo a header or URL)."""
     first = (text.strip().splitlines() or [""])[0]
@@ -155,10 +154,10 @@ def push_dataset(config: PushConfig) -> PushResult:
     where = f"{url} (revision {config.revision or 'main'}, {'private' if config.private else 'public'}"
     where += f", gated {gated})" if gated else ")"
     result = PushResult(files=files, url=url)
-    listing = [f"  {f.rel}  {_human(f.bytes)}" for f in files]
+    listing = [f"  {f.rel}  {human_bytes(f.bytes)}" for f in files]
     if config.dry_run:
         result.lines = [
-            f"dry run: would upload {len(files)} files ({_human(total)}) to {where}",
+            f"dry run: would upload {plural(len(files), 'file')} ({human_bytes(total)}) to {where}",
             *listing,
             "  remote data/*.parquet files not in this list would be deleted",
         ]
@@ -202,7 +201,7 @@ def push_dataset(config: PushConfig) -> PushResult:
         ) from None  # no chained traceback that could carry request headers
     result.commit_url = getattr(commit, "commit_url", None)
     result.lines = [
-        f"uploaded {len(files)} files ({_human(total)}) to {where}",
+        f"uploaded {plural(len(files), 'file')} ({human_bytes(total)}) to {where}",
         *([f"commit: {result.commit_url}"] if result.commit_url else []),
     ]
     if unsafe and gated in (None, "off"):

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mapo_data.errors import MapoError
-from mapo_data.tiny import TINY_MODEL_NAME, resolve_model_id
+from mapo_data.resolve import resolve, resolve_model
+from mapo_data.single_file import check_single_file, is_single_file, resolve_config
+from mapo_data.single_file import load_components as load_single_file
+from mapo_data.tiny import TINY_MODEL_NAME
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionXLPipeline
@@ -39,7 +42,12 @@ class RenderConfig:
     """How images are rendered. Every field maps onto a `mapo-data build` option."""
 
     model: str = DEFAULT_MODEL
-    """Hub id, local diffusers folder, or ``tiny`` (the built-in tiny SDXL-architecture model)."""
+    """Hub id, local diffusers folder, ``tiny`` (the built-in tiny SDXL-architecture model), or an SDXL
+    single-file checkpoint (``.safetensors``; see ``mapo_data.single_file``)."""
+    model_config: str | None = None
+    """For a single-file ``model``: the diffusers folder (or ``tiny``) its configs and tokenizers come from."""
+    allow_pickle: bool = False
+    """Read a pickle single-file checkpoint (``.ckpt``/``.pt``/``.bin``/``.pth``), which can run code when loaded."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the model."""
     vae: str | None = None
@@ -91,6 +99,13 @@ class RenderConfig:
         on_cpu = (self.device or default_device()).startswith("cpu")
         return "fp32" if on_cpu else "fp16"
 
+    def tokenizer_source(self) -> str:
+        """Where the model's tokenizers are: the model, or for a single file its config folder
+        (MapoError naming --model-config when it has none)."""
+        if is_single_file(self.model):
+            return str(resolve_config(self.model, self.model_config))
+        return self.model
+
     def resolved_vae(self) -> str | None:
         if self.vae is not None:
             return self.vae
@@ -126,12 +141,17 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    model_path = resolve_model_id(config.model)
-    if Path(config.model).exists() and not Path(config.model, "model_index.json").is_file():
+    model_path = resolve_model(config.model, "--model")
+    single = is_single_file(config.model)
+    if single:
+        check_single_file(config.model, config.allow_pickle)
+        resolve_config(config.model, config.model_config)
+    elif Path(config.model).exists() and not Path(config.model, "model_index.json").is_file():
         raise MapoError(f"{config.model} is not a diffusers model folder (no model_index.json)")
     extra = {}
     vae_name = config.resolved_vae()
     if vae_name is not None:
+        vae_name = resolve(vae_name, "--vae")
         try:
             extra["vae"] = AutoencoderKL.from_pretrained(vae_name, dtype=config.torch_dtype)
         except (OSError, ValueError) as err:
@@ -142,14 +162,19 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
         # Per-component loading bars are noise next to the run's own progress bar.
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-        pipe = StableDiffusionXLPipeline.from_pretrained(
-            model_path,
-            revision=config.revision,
-            dtype=config.torch_dtype,
-            # Watermarking would put the same invisible pattern into every training image.
-            add_watermarker=False,
-            **extra,
-        )
+        if single:
+            parts = load_single_file(config.model, config.model_config, config.torch_dtype, config.allow_pickle)
+            pipe = StableDiffusionXLPipeline(**{**parts, **extra}, add_watermarker=False)
+            pipe.register_to_config(_name_or_path=str(config.model))  # as from_pretrained records it
+        else:
+            pipe = StableDiffusionXLPipeline.from_pretrained(
+                model_path,
+                revision=config.revision,
+                dtype=config.torch_dtype,
+                # Watermarking would put the same invisible pattern into every training image.
+                add_watermarker=False,
+                **extra,
+            )
     except (OSError, ValueError) as err:
         raise _load_error("model", config.model, err) from err
     if config.scheduler is not None:
@@ -226,9 +251,17 @@ def pipeline_identity(config: RenderConfig) -> dict:
     from mapo_data.identity import file_digest, hub_commit, model_identity
 
     vae = config.resolved_vae()
-    resolved = resolve_model_id(config.model)
+    resolved = resolve_model(config.model, "--model")
+    if vae is not None:
+        resolve(vae, "--vae")
     local = Path(resolved).expanduser()
-    if local.is_dir():
+    if is_single_file(config.model):
+        # The file (every weight) and what the config folder lends each part the pipeline builds.
+        lent = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+        parts = [p for p in lent if not (p == "vae" and vae is not None)]
+        check_single_file(config.model, config.allow_pickle)
+        model = model_identity(config.model, parts, config=config.model_config)
+    elif local.is_dir():
         index_file = local / "model_index.json"
         if not index_file.is_file():
             raise MapoError(f"{config.model} is not a diffusers model folder (no model_index.json)")

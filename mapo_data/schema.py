@@ -47,6 +47,27 @@ BUILD_SCHEMA = pa.schema(
         pa.field("seed_1", pa.int64()),
     ]
 )
+# `mapo-data build judged`: each image's combined judge score (higher is better), which of the
+# prompt's candidates it is, and the prompt's index (mapo_data.judged).
+JUDGED_SCHEMA = pa.schema(
+    [
+        *BUILD_SCHEMA,
+        pa.field("score_0", pa.float64()),
+        pa.field("score_1", pa.float64()),
+        pa.field("candidate_0", pa.int64()),
+        pa.field("candidate_1", pa.int64()),
+        pa.field("prompt_id", pa.int64()),
+    ]
+)
+# The ranked layout (`build judged --keep-candidates`, `import --layout ranked`): one row per prompt.
+RANKED_SCHEMA = pa.schema(
+    [
+        pa.field(CAPTION, pa.string()),
+        pa.field("images", pa.list_(pa.binary())),
+        pa.field("scores", pa.list_(pa.float64())),
+        pa.field("seeds", pa.list_(pa.int64())),
+    ]
+)
 
 
 class PairFormatError(ValueError):

@@ -28,6 +28,7 @@ from mapo_data.schema import (
     TIE,
     classify_label_columns,
 )
+from mapo_data.text import human_bytes
 
 # Word-count buckets for the caption histogram (upper bounds, inclusive).
 WORD_BUCKETS = (5, 10, 20, 40, 77)
@@ -186,14 +187,6 @@ def dataset_stats(inputs: str | Path | list[str | Path]) -> dict[str, Any]:
     return compute_stats(open_dataset(inputs))
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
 def format_stats(stats: dict[str, Any]) -> str:
     img, cap, lab = stats["images"], stats["captions"], stats["labels"]
 
@@ -204,7 +197,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"dataset      {stats['path']}",
         f"pairs        {stats['pairs']}",
         f"shards       {stats['shards']}",
-        f"size         {_human_bytes(stats['bytes'])} on disk, {_human_bytes(stats['bytes_per_pair'])} per pair",
+        f"size         {human_bytes(stats['bytes'])} on disk, {human_bytes(stats['bytes_per_pair'])} per pair",
         f"images       formats: {counts(img['formats'])}; sizes: {counts(img['sizes'])}; "
         f"modes: {counts(img['modes'])}; unreadable: {img['unreadable']}",
         f"captions     {cap['unique']} unique; words min {cap['words']['min']}, median {cap['words']['p50']:g}, "

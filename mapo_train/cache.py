@@ -99,14 +99,17 @@ def cache_identity(cfg: RunConfig, dataset_fingerprint: str, mixed_precision: st
     Where the model lies is not part of it; any change to its bytes makes a new key.
     """
     from mapo_data.identity import model_identity
+    from mapo_data.resolve import resolve
     from mapo_train.model import vae_dtype, vae_source
 
     m, d = cfg.model, cfg.data
     vae_id = vae_source(m, mixed_precision)
     if vae_id is None:
-        vae = model_identity(m.pretrained, ("vae",), m.revision, m.variant)
+        vae = model_identity(
+            m.pretrained, ("vae",), m.revision, m.variant, what="model.pretrained", config=m.config
+        )
     else:  # loaded on its own: no revision, no variant (see model.load_components)
-        vae = model_identity(vae_id)
+        vae = model_identity(resolve(vae_id, "model.vae"), what="model.vae")
     text_parts = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
     return {
         "version": CACHE_VERSION,
@@ -119,7 +122,9 @@ def cache_identity(cfg: RunConfig, dataset_fingerprint: str, mixed_precision: st
         # The seed picks tie winners (ties=keep) and fixed random crops; otherwise it is not used.
         "seed": cfg.train.seed if (d.ties == "keep" or d.random_crop) else None,
         "vae": vae,
-        "text_encoders": model_identity(m.pretrained, text_parts, m.revision, m.variant),
+        "text_encoders": model_identity(
+            m.pretrained, text_parts, m.revision, m.variant, what="model.pretrained", config=m.config
+        ),
         # The precision the latents were encoded in (model.vae_dtype).
         "vae_dtype": str(vae_dtype(m, mixed_precision)).removeprefix("torch."),
         "text_dtype": mixed_precision,
@@ -595,6 +600,12 @@ def prepare_cached_data(cfg: RunConfig, mixed_precision: str, progress: bool = T
     with PartialState().main_process_first():  # the first process converts parquet to Arrow once
         where = locate_cache(cfg, mixed_precision)
     if not where.complete:
+        from mapo_train.data import PairBatchSampler
+
+        # Fewer usable pairs than one batch: refused before the encoders load to build the cache.
+        PairBatchSampler(
+            len(where.index), cfg.train.batch_size, cfg.train.seed, 0, PartialState().num_processes
+        )
         build_cache(cfg, progress=progress, mixed_precision=mixed_precision)
     data = load_cached_pair_data(where.root, cfg)
     data.fingerprint = getattr(where.table, "_fingerprint", None)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from mapo_data.single_file import is_single_file
 from mapo_data.tiny import TINY_MODEL_NAME
 from mapo_train.config import RunConfig
 
-# Where `mapo-train eval` writes its report inside a run folder; linked when present.
+# Where `mapo-train eval` writes its report inside a run folder by default.
 EVAL_REPORT = Path("eval") / "report.md"
 # `mapo-train eval` rewrites what lies between these markers (eval runs after training).
 EVAL_START = "<!-- mapo-eval:start -->"
@@ -59,14 +61,16 @@ base = str(tiny_model_path())
 base = "{{ base_model }}"
 {%- endif %}
 {%- if lora %}
-pipe = StableDiffusionXLPipeline.from_pretrained(base, dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline.{{ base_loader }}, dtype={{ dtype }})
 pipe.load_lora_weights("{{ load_path }}")  # at the trained strength: the file holds rank and alpha
 {%- else %}
 unet = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", dtype={{ dtype }})
-pipe = StableDiffusionXLPipeline.from_pretrained(base, unet=unet, dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline.{{ base_loader }}, unet=unet, dtype={{ dtype }})
 {%- endif %}
 image = pipe("{{ example_prompt }}").images[0]
 ```
+
+{{ files }}
 
 ## Training
 
@@ -101,7 +105,7 @@ Fixed prompts (rows) and seeds (columns) after training:
 
 {{ eval_start }}
 {% if eval_report -%}
-See the [evaluation report]({{ eval_report }}).
+These weights ({{ steps }} steps) are not evaluated yet. Out of date: the report [{{ eval_report }}]({{ eval_report }}) judged earlier weights of this folder. Run `mapo-train eval --tuned {{ load_path }} ...` to evaluate these weights; this section is then rewritten.
 {%- else -%}
 Not evaluated yet: run `mapo-train eval --tuned {{ load_path }} ...`; this card links the report once `{{ eval_report_path }}` exists.
 {%- endif %}
@@ -130,6 +134,23 @@ def _lora_shape(cfg: RunConfig) -> str:
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def earlier_report(out: Path) -> str | None:
+    """The eval report (path relative to ``out``) that the run folder's card or eval/ already has.
+
+    The card is rendered when training has just written new weights, so such a report judged
+    other, earlier weights (e.g. before ``--resume latest`` with more steps).
+    """
+    card = out / "README.md"
+    if card.is_file():
+        text = card.read_text(errors="replace")
+        start, end = text.find(EVAL_START), text.find(EVAL_END)
+        if 0 <= start < end:
+            links = re.findall(r"\]\(([^)\s]+\.md)\)", text[start:end])
+            if links:
+                return links[-1]
+    return EVAL_REPORT.as_posix() if (out / EVAL_REPORT).is_file() else None
 
 
 def render_card(
@@ -163,7 +184,8 @@ def render_card(
         ("EMA", f"decay {t.ema_decay}" if t.ema else "off"),
         ("seed", t.seed),
     ]
-    eval_report = EVAL_REPORT.as_posix() if (out / EVAL_REPORT).is_file() else None
+    # The card is written with new weights, so a report already there judged earlier ones.
+    eval_report = earlier_report(out)
     hub_id = t.hub_model_id if t.push_to_hub else None
     return jinja2.Template(TEMPLATE).render(
         title=f"SDXL {cfg.loss.name.upper()} fine-tune" + (" (LoRA)" if lora else ""),
@@ -183,6 +205,11 @@ def render_card(
         # The tiny model is for the CPU, where fp16 is slow or unsupported.
         dtype="torch.float32" if cfg.model.pretrained == TINY_MODEL_NAME else "torch.float16",
         load_path=hub_id or str(out),
+        # A single-file base borrows its configs and tokenizers from model.config.
+        base_loader=f'from_single_file(base, config="{cfg.model.config}"'
+        if is_single_file(cfg.model.pretrained)
+        else "from_pretrained(base",
+        files=files_section(out, lora),
         loss_name=cfg.loss.name,
         example_prompt=(cfg.validation.prompts or ["a cat"])[0].replace('"', "'"),
         settings=settings,
@@ -195,6 +222,66 @@ def render_card(
         eval_start=EVAL_START,
         eval_end=EVAL_END,
     )
+
+
+FILES_START = "<!-- mapo-files:start -->"
+FILES_END = "<!-- mapo-files:end -->"
+
+
+def files_section(out: Path, lora: bool) -> str:
+    """The card's "Files" section: which file in ``out`` is for which tool (the exports of
+    ``train.export`` / ``mapo-train export`` included when they exist), between markers that
+    ``refresh_files_section`` rewrites."""
+    from mapo_train.export import KOHYA_LORA_NAME, LORA_WEIGHT_NAME, SINGLE_FILE_NAME
+
+    if lora:
+        rows = [
+            (
+                LORA_WEIGHT_NAME,
+                "diffusers `load_lora_weights` (the snippet above) and `mapo-train eval`",
+                True,
+            ),
+            (
+                KOHYA_LORA_NAME,
+                "kohya format with per-module alpha: ComfyUI (`models/loras`), A1111/Forge (`models/Lora`), "
+                "kohya's sd-scripts",
+                (out / KOHYA_LORA_NAME).is_file(),
+            ),
+        ]
+        missing = f"`mapo-train export {out} --to kohya-lora` writes `{KOHYA_LORA_NAME}` for ComfyUI, A1111/Forge and kohya."
+    else:
+        rows = [
+            (
+                "unet/",
+                "diffusers `UNet2DConditionModel.from_pretrained` (the snippet above) and `mapo-train eval`",
+                True,
+            ),
+            (
+                SINGLE_FILE_NAME,
+                "one SDXL checkpoint (trained UNet, the base's VAE and text encoders): ComfyUI "
+                "(`models/checkpoints`), A1111/Forge (`models/Stable-diffusion`), diffusers `from_single_file`",
+                (out / SINGLE_FILE_NAME).is_file(),
+            ),
+        ]
+        missing = f"`mapo-train export {out} --to single-file` writes `{SINGLE_FILE_NAME}` for ComfyUI and A1111/Forge."
+    lines = [FILES_START, "## Files", "", "| file | for |", "| --- | --- |"]
+    lines += [f"| `{name}` | {what} |" for name, what, present in rows if present]
+    if not all(present for *_, present in rows):
+        lines += ["", missing]
+    return "\n".join([*lines, FILES_END])
+
+
+def refresh_files_section(out: Path, lora: bool) -> None:
+    """Rewrite the "Files" section of ``out/README.md`` (after ``mapo-train export``); a card
+    without the section is left as it is."""
+    card = out / "README.md"
+    if not card.is_file():
+        return
+    text = card.read_text()
+    start, end = text.find(FILES_START), text.find(FILES_END)
+    if start < 0 or end < start:
+        return
+    card.write_text(text[:start] + files_section(out, lora) + text[end + len(FILES_END) :])
 
 
 def write_card(out: Path, **kwargs: Any) -> Path:

@@ -33,7 +33,11 @@ class ConfigError(MapoError):
 @dataclass
 class ModelConfig:
     pretrained: str = "stabilityai/stable-diffusion-xl-base-1.0"
-    """Base model: a Hub id, a local diffusers folder, or `tiny` (the built-in CPU test model)."""
+    """Base model: a Hub id, a local diffusers folder, `tiny` (the built-in CPU test model), or an SDXL single-file checkpoint (`.safetensors`, as ComfyUI/A1111 use; needs model.config)."""
+    config: str | None = None
+    """For a single-file model.pretrained: the diffusers folder its configs, tokenizers and scheduler are borrowed from (nothing is downloaded): the SDXL base folder for SDXL fine-tunes, `tiny` for the tiny model."""
+    allow_pickle: bool = False
+    """Read a pickle single-file checkpoint (`.ckpt`, `.pt`, `.bin`, `.pth`): unpickling can run code hidden in the file, so only for files you trust; prefer `.safetensors`."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the base model."""
     variant: str | None = None
@@ -162,6 +166,10 @@ class TrainConfig:
     """Hub repository for push_to_hub, e.g. `me/sdxl-mapo-pixel`."""
     hub_private: bool = True
     """Create the Hub repository as private."""
+    export: list[Literal["diffusers", "single-file", "kohya-lora"]] = field(
+        default_factory=lambda: ["diffusers"]
+    )
+    """Formats the final weights are written in: `diffusers` (always; `unet/` or `pytorch_lora_weights.safetensors`, what eval, push and `mapo-train export` read), `single-file` (full fine-tunes: `<output_dir>/<name>.safetensors`, one SDXL checkpoint in the original layout with the base's VAE and text encoders, for ComfyUI/A1111/Forge), `kohya-lora` (LoRA runs: `<output_dir>/<name>_kohya.safetensors` with per-module alpha, for kohya-based tools, ComfyUI and A1111)."""
 
 
 @dataclass
@@ -249,6 +257,7 @@ class RunConfig:
             raise ConfigError(
                 "data.max_pairs does not apply to data.streaming (a stream has no index); remove it"
             )
+        self._validate_model_files()
         if self.model.finetune == "full":
             lora_keys = sorted(k for k in self.explicit if k == "lora" or k.startswith("lora."))
             if lora_keys:
@@ -305,6 +314,42 @@ class RunConfig:
             if v.resolution is not None and (v.resolution <= 0 or v.resolution % 8):
                 raise ConfigError("validation.resolution must be a positive multiple of 8")
         return self
+
+    def _validate_model_files(self) -> None:
+        """Single-file base models and export formats: what fits together (one line each)."""
+        from mapo_data.single_file import is_single_file
+
+        m, t = self.model, self.train
+        single = is_single_file(m.pretrained)
+        if single and not m.config:
+            raise ConfigError(
+                f"model.pretrained {m.pretrained} is a single-file checkpoint without configs or tokenizers; set "
+                "model.config to a diffusers folder to borrow them from (the SDXL base folder, or tiny)"
+            )
+        if m.config and not single:
+            raise ConfigError(
+                "model.config applies only to a single-file model.pretrained (.safetensors); remove it"
+            )
+        if single and m.pretrained.lower().endswith((".ckpt", ".pt", ".bin", ".pth")) and not m.allow_pickle:
+            raise ConfigError(
+                f"model.pretrained {m.pretrained}: pickle checkpoints can run code when loaded and are refused; "
+                "use a .safetensors file, or set model.allow_pickle=true if you trust where it came from"
+            )
+        if len(set(t.export)) != len(t.export):
+            raise ConfigError(f"train.export names a format twice: {t.export}")
+        if "diffusers" not in t.export:
+            raise ConfigError(
+                "train.export must include diffusers (the run's own format, which eval, push and "
+                "`mapo-train export` read); add the other formats next to it"
+            )
+        if "single-file" in t.export and m.finetune != "full":
+            raise ConfigError(
+                "train.export single-file needs model.finetune=full (a LoRA run is exported as kohya-lora)"
+            )
+        if "kohya-lora" in t.export and m.finetune != "lora":
+            raise ConfigError(
+                "train.export kohya-lora needs model.finetune=lora (a full fine-tune is exported as single-file)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain nested dicts (what training_config.yaml holds). The lora
@@ -420,6 +465,12 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",")] if value.strip() else []
         if not isinstance(value, list | tuple):
+            if isinstance(value, int | float) and not isinstance(
+                value, bool
+            ):  # `seeds=7`: one item, written without brackets
+                raise ConfigError(
+                    f"{key}: expected {_type_name(tp)}, got {value!r}; write [{value}] for one item"
+                )
             raise bad
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if tp is bool:
@@ -465,8 +516,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 
 def _unknown(key: str, choices: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], choices, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    """``choices`` are the names at ``key``'s level; the hint is written in full (``train.max_steps``)."""
+    section, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
+    if not section:
+        # A setting written without its section (`max_steps=3`) is named with it.
+        sections = _hints(RunConfig)
+        owners = [f.name for f in _sections() if name in _hints(sections[f.name])]
+        hint = f" (did you mean {owners[0]}.{name}?)" if len(owners) == 1 else hint
     return ConfigError(f"unknown key {key}{hint}")
 
 

@@ -28,6 +28,7 @@ from mapo_data.errors import MapoError
 # The pair reader's one decode (orientation, transparency, bit depth, bomb limit), so training sees
 # exactly what verify, curate and stats see; cache.py and stream.py take it from here.
 from mapo_data.reader import decode_image
+from mapo_data.resolve import no_download_count, resolve
 from mapo_data.schema import (
     CAPTION,
     CHOSEN_0,
@@ -82,6 +83,8 @@ def load_pair_table(cfg: DataConfig):
 
     files = resolve_parquet_files(cfg.path, cfg.split)
     common = check_pair_files(files) if files is not None else {}
+    if files is not None:
+        no_download_count()
     # `datasets` knows local files by path and mtime only: a file rewritten in place with its mtime
     # restored would load the old Arrow cache under the old fingerprint (and so the old latent cache
     # key). A config name from the files' content makes any change a new Arrow cache and a new
@@ -93,8 +96,8 @@ def load_pair_table(cfg: DataConfig):
                 "parquet", name=content, data_files=files, split="train", cache_dir=cfg.cache_dir, **common
             )
         else:
-            if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
-                raise MapoError(f"data.path {cfg.path} does not exist (and is not a Hub dataset id)")
+            # Decided before datasets is asked, which would retry an unreachable Hub for a while.
+            resolve(cfg.path, "data.path", repo_type="dataset", cache_dir=cfg.cache_dir)
             ds = datasets.load_dataset(cfg.path, split=cfg.split, cache_dir=cfg.cache_dir)
     except MapoError:
         raise

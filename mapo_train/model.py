@@ -11,7 +11,10 @@ from typing import Any
 import torch
 
 from mapo_data.errors import MapoError
-from mapo_data.tiny import TINY_MODEL_NAME, resolve_model_id
+from mapo_data.resolve import resolve, resolve_model
+from mapo_data.single_file import is_single_file, resolve_config
+from mapo_data.single_file import load_components as load_single_file
+from mapo_data.tiny import TINY_MODEL_NAME
 from mapo_train.config import FP16_FIX_VAE, ModelConfig, RunConfig
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -74,34 +77,58 @@ def load_components(cfg: ModelConfig, mixed_precision: str) -> Components:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
-    base = resolve_model_id(cfg.pretrained)
+    # Both named models are resolved (mapo_data.resolve) before any part loads, so a mistyped
+    # path or id fails at once, not after the text encoders have loaded.
+    base = resolve_model(cfg.pretrained, "model.pretrained")
+    vae_id = vae_source(cfg, mixed_precision)
+    if vae_id is not None:
+        vae_id = resolve(vae_id, "model.vae")
     common = {"revision": cfg.revision}
     weights = {**common, "variant": cfg.variant}
+    single = None
+    if is_single_file(cfg.pretrained):
+        # The weights come from the file; configs, tokenizers and the scheduler from model.config,
+        # which is also what ``base`` names from here on (the trainer's samplers read it).
+        single = load_single_file(cfg.pretrained, cfg.config, allow_pickle=cfg.allow_pickle)
+        base, common, weights = str(resolve_config(cfg.pretrained, cfg.config, "model.config")), {}, {}
     noise_scheduler = _load(
         "the scheduler", DDPMScheduler.from_pretrained, base, subfolder="scheduler", **common
     )
     tokenizer = _load("tokenizer", AutoTokenizer.from_pretrained, base, subfolder="tokenizer", **common)
     tokenizer_2 = _load("tokenizer_2", AutoTokenizer.from_pretrained, base, subfolder="tokenizer_2", **common)
-    text_encoder = _load(
-        "text_encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **weights
+    text_encoder = (
+        single["text_encoder"]
+        if single
+        else _load("text_encoder", CLIPTextModel.from_pretrained, base, subfolder="text_encoder", **weights)
     )
-    text_encoder_2 = _load(
-        "text_encoder_2",
-        CLIPTextModelWithProjection.from_pretrained,
-        base,
-        subfolder="text_encoder_2",
-        **weights,
+    text_encoder_2 = (
+        single["text_encoder_2"]
+        if single
+        else _load(
+            "text_encoder_2",
+            CLIPTextModelWithProjection.from_pretrained,
+            base,
+            subfolder="text_encoder_2",
+            **weights,
+        )
     )
-    vae_id = vae_source(cfg, mixed_precision)
     if vae_id is None:
-        vae = _load("the VAE", AutoencoderKL.from_pretrained, base, subfolder="vae", **weights)
+        vae = (
+            single["vae"]
+            if single
+            else _load("the VAE", AutoencoderKL.from_pretrained, base, subfolder="vae", **weights)
+        )
     else:
         vae = _load(
             f"the VAE {vae_id} (set model.vae=base to use the model's own)",
             AutoencoderKL.from_pretrained,
             vae_id,
         )
-    unet = _load("the UNet", UNet2DConditionModel.from_pretrained, base, subfolder="unet", **weights)
+    unet = (
+        single["unet"]
+        if single
+        else _load("the UNet", UNet2DConditionModel.from_pretrained, base, subfolder="unet", **weights)
+    )
     prediction_type = cfg.prediction_type or noise_scheduler.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
         raise MapoError(f"prediction type {prediction_type!r} is not supported (epsilon or v_prediction)")

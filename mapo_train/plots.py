@@ -12,6 +12,12 @@ PANELS = (
 )
 
 
+def curves_title(loss: str, finetune: str, lora_rank: int, model: str, data: str) -> str:
+    """The curves' title: what was trained how, e.g. ``mapo, LoRA rank 4, of tiny on runs/pixel``."""
+    how = f"LoRA rank {lora_rank}" if finetune == "lora" else "full fine-tune"
+    return f"{loss}, {how}, of {model} on {data}"
+
+
 def _smooth(values: list[float], window: int) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -50,6 +56,7 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str = "") -> P
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    # The title also goes into the PNG's text chunk, where tools (and tests) can read it.
+    fig.savefig(path, dpi=100, metadata={"Title": title} if title else None)
     plt.close(fig)
     return path

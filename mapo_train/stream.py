@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from mapo_data.errors import MapoError
+from mapo_data.resolve import no_download_count, resolve
 from mapo_data.schema import INVALID, LABEL_COLUMNS, REQUIRED_COLUMNS, TIE, classify_labels
 from mapo_train.config import DataConfig
 from mapo_train.data import (
@@ -54,6 +55,8 @@ def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
 
     files = resolve_parquet_files(cfg.path, cfg.split)
     common = check_pair_files(files) if files is not None else {}
+    if files is not None:
+        no_download_count()
     if files is not None and cfg.shuffle_buffer:
         # datasets reorders the files itself from the second pass on; the first pass's order is seeded.
         files = [files[i] for i in np.random.default_rng([seed, 0xF11E]).permutation(len(files))]
@@ -61,8 +64,8 @@ def open_stream(cfg: DataConfig, seed: int, rank: int = 0, world: int = 1):
         if files is not None:
             ds = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True, **common)
         else:
-            if cfg.path.startswith((".", "/", "~")) or cfg.path.count("/") != 1:
-                raise MapoError(f"data.path {cfg.path} does not exist (and is not a Hub dataset id)")
+            # Decided before datasets is asked, which would retry an unreachable Hub for a while.
+            resolve(cfg.path, "data.path", repo_type="dataset", cache_dir=cfg.cache_dir)
             ds = datasets.load_dataset(cfg.path, split=cfg.split, streaming=True)
     except MapoError:
         raise

@@ -140,15 +140,28 @@ def _tracker_config(cfg: RunConfig) -> dict[str, Any]:
     return flat
 
 
+def _check_output_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or lies under one (mkdir would fail with a traceback)."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if path == out and not path.is_dir():
+                raise MapoError(f"train.output_dir {out} exists and is not a folder")
+            if not path.is_dir():
+                raise MapoError(f"train.output_dir {out} cannot be created: {path} is a file, not a folder")
+            return
+
+
 def setup(cfg: RunConfig, resume: str | None = None) -> Run:
-    """Build the accelerator, data, models, optimizer; restore a checkpoint when resuming."""
+    """Build the accelerator, data, models, optimizer; restore a checkpoint when resuming.
+
+    Every check that needs no model (output folder, resume target, data, batch size) comes first,
+    so a mistake is reported in seconds; the output folder is created only once the run starts.
+    """
     from accelerate.utils import set_seed
-    from diffusers import EulerDiscreteScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel
 
     t = cfg.train
     out = Path(t.output_dir)
+    _check_output_dir(out)
     if t.optimizer == "adamw8bit":
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
@@ -172,8 +185,6 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     set_seed(t.seed)  # LoRA's initial weights are drawn from the global RNG
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
 
     on_cache = cfg.data.cache != "off"
     if on_cache:
@@ -189,6 +200,13 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
             data = load_pair_data(cfg.data, t.seed)
     if resume_state is not None and not cfg.data.streaming:
         _check_same_pairs(resume_state, data, cfg, resume_path)  # before any model is loaded
+    if not cfg.data.streaming:  # fewer usable pairs than one batch: refused before the model loads
+        PairBatchSampler(len(data.index), t.batch_size, t.seed, 0, accelerator.num_processes)
+    # diffusers takes seconds to import: only once the checks above have passed.
+    from diffusers import EulerDiscreteScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
     components = load_components(cfg.model, mixed_precision)
     weight_dtype = DTYPES[mixed_precision]
     device = accelerator.device
@@ -271,6 +289,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         accelerator.print(f"resumed from {resume_path} at step {run.global_step}")
     run.history = _load_history(out / METRICS_FILE, run.global_step)
     if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)  # only now: a run refused earlier leaves no folder
         _write_history(out / METRICS_FILE, run.history)
         (out / CONFIG_FILE).write_text(dump_config(cfg))
     accelerator.init_trackers("mapo-train", config=_tracker_config(cfg))
@@ -737,7 +756,7 @@ def _reduce(accelerator, sums: dict[str, float]) -> dict[str, float]:
 def finish(run: Run) -> TrainResult:
     """Save the weights (EMA if on), curves, card and config; push to the Hub if asked."""
     from mapo_train.card import write_card
-    from mapo_train.plots import plot_curves
+    from mapo_train.plots import curves_title, plot_curves
 
     cfg, accelerator, out = run.cfg, run.accelerator, run.out
     accelerator.wait_for_everyone()
@@ -748,7 +767,15 @@ def finish(run: Run) -> TrainResult:
             run.ema.copy_to(run.params)
         weights = save_weights(unet, out, cfg.model.finetune)
         (out / CONFIG_FILE).write_text(dump_config(cfg))
-        curves = plot_curves(run.history, out / CURVES_FILE, title=f"{cfg.loss.name} on {cfg.data.path}")
+        if set(cfg.train.export) - {"diffusers"}:
+            from mapo_train.export import export_run
+
+            for path in export_run(out, cfg.train.export, cfg):
+                accelerator.print(f"exported {path}")
+        title = curves_title(
+            cfg.loss.name, cfg.model.finetune, cfg.lora.rank, cfg.model.pretrained, cfg.data.path
+        )
+        curves = plot_curves(run.history, out / CURVES_FILE, title=title)
         t = cfg.train
         write_card(
             out,

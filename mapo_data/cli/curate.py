@@ -7,6 +7,7 @@ import shlex
 import typer
 
 from mapo_data.cli.app import app
+from mapo_data.text import plural
 
 # Options that change how a run looks, not what it produces: left out of the recorded command.
 _COSMETIC = {"progress"}
@@ -79,9 +80,7 @@ def curate(
 ) -> None:
     """Filter a pair dataset into a new folder, with a curation report.
 
-    Drops every pair verify would reject (null caption, undecodable image, labels that are not a preference or contradict the prompts), blank and near-identical pairs, duplicate images, captions beyond a cap and (optionally) pairs a CLIP judge disagrees with, each counted by reason. IN is never modified; a rerun resumes.
-
-    Example: mapo-data curate runs/pixel --out runs/pixel-curated
+    Drops every pair verify would reject (null caption, undecodable image, labels that are not a preference or contradict the prompts), blank and near-identical pairs, duplicate images, captions beyond a cap and (optionally) pairs a CLIP judge disagrees with, each counted by reason. INPUTS are never modified; a rerun resumes.
     """
     from mapo_data.curate import CurateConfig
     from mapo_data.curate import curate as run_curate
@@ -109,9 +108,10 @@ def curate(
     result = run_curate(config)
     report = result.report
     dropped = ", ".join(f"{k} {v}" for k, v in report["dropped"].items() if v) or "none"
-    resumed = f" ({result.skipped_shards} shards already done)" if result.skipped_shards else ""
+    resumed = f" ({plural(result.skipped_shards, 'shard')} already done)" if result.skipped_shards else ""
     typer.echo(
-        f"kept {report['kept']} of {report['input']['pairs']} pairs in {len(result.shards)} shards{resumed}; "
+        f"kept {report['kept']} of {plural(report['input']['pairs'], 'pair')} "
+        f"in {plural(len(result.shards), 'shard')}{resumed}; "
         f"dropped: {dropped}; ties seen: {report['ties']['seen']}"
     )
     typer.echo(f"wrote {result.out} (report: {result.out / 'curation_report.md'})")

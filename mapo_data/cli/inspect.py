@@ -7,6 +7,7 @@ import json
 import typer
 
 from mapo_data.cli.app import app
+from mapo_data.text import plural
 
 
 @app.command(
@@ -20,8 +21,6 @@ def verify(
     """Check schema, manifest, sha256 of every shard, row counts, every image, the labels.
 
     Exit 0 only when everything holds; otherwise print each problem (file, row, what) and exit 1.
-
-    Example: mapo-data verify runs/pixel-curated
     """
     from mapo_data.verify import verify_dataset
 
@@ -29,7 +28,8 @@ def verify(
     if report.ok:
         note = "" if report.has_manifest else " (no manifest: no sha256 or row counts to compare)"
         typer.echo(
-            f"ok: {report.pairs} pairs in {report.shards} shards, {report.images} images decoded{note}"
+            f"ok: {plural(report.pairs, 'pair')} in {plural(report.shards, 'shard')}, "
+            f"{plural(report.images, 'image')} decoded{note}"
         )
         return
     for problem in report.problems[:max_problems]:
@@ -37,7 +37,7 @@ def verify(
     hidden = len(report.problems) - max_problems
     if hidden > 0:
         typer.echo(f"... and {hidden} more")
-    typer.echo(f"{len(report.problems)} problem(s) in {report.shards} shards", err=True)
+    typer.echo(f"{plural(len(report.problems), 'problem')} in {plural(report.shards, 'shard')}", err=True)
     # SystemExit, not typer.Exit: with standalone_mode=False click would return typer.Exit's code
     # from app() instead of exiting with it.
     raise SystemExit(1)
@@ -55,8 +55,6 @@ def preview(
     """Write a contact sheet: sampled pairs, chosen beside rejected, captions under them.
 
     When the data records the full prompts (prompt_0/prompt_1), each image says what its prompt added to the caption, so you see which prefix made which side.
-
-    Example: mapo-data preview runs/pixel --out pairs.png --n 16 --seed 0
     """
     from mapo_data.preview import Layout, make_preview
 
@@ -67,7 +65,7 @@ def preview(
         seed=seed,
         layout=Layout(tile=tile, columns=columns),
     )
-    typer.echo(f"wrote {result.path} ({result.pairs} pairs, {result.size[0]}x{result.size[1]} px)")
+    typer.echo(f"wrote {result.path} ({plural(result.pairs, 'pair')}, {result.size[0]}x{result.size[1]} px)")
 
 
 @app.command(
@@ -77,10 +75,7 @@ def stats(
     inputs: list[str] = typer.Argument(..., help="A dataset folder, or parquet files."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for machines."),
 ) -> None:
-    """Pairs, shards, bytes, image sizes and formats, caption lengths, label balance, provenance.
-
-    Example: mapo-data stats runs/pixel --json
-    """
+    """Pairs, shards, bytes, image sizes and formats, caption lengths, label balance, provenance."""
     from mapo_data.stats import dataset_stats, format_stats
 
     result = dataset_stats(list(inputs) if len(inputs) > 1 else inputs[0])

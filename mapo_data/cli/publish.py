@@ -15,7 +15,7 @@ from mapo_data.cli.app import app
     )
 )
 def card(
-    root: str = typer.Argument(..., help="Dataset folder (build or curate output)."),
+    root: str = typer.Argument(..., metavar="DATASET", help="Dataset folder (build or curate output)."),
     repo_id: str | None = typer.Option(
         None, help="Hub id the card's load/train snippets use [default: USER/NAME]."
     ),
@@ -25,10 +25,7 @@ def card(
     title: str | None = typer.Option(None, help="Card title / pretty_name."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.png if it is missing."),
 ) -> None:
-    """Render DIR/README.md, the Hub dataset card, from the manifest, curation report and stats.
-
-    Example: mapo-data card runs/pixel-curated --repo-id me/pick-style-pixel
-    """
+    """Render DATASET/README.md, the Hub dataset card, from the manifest, curation report and stats."""
     from mapo_data.card import write_card
 
     result = write_card(root, template=template, repo_id=repo_id, pretty_name=title, make_preview=preview)
@@ -45,7 +42,9 @@ def card(
     )
 )
 def push(
-    root: str = typer.Argument(..., help="Dataset folder with a card (run `mapo-data card` first)."),
+    root: str = typer.Argument(
+        ..., metavar="DATASET", help="Dataset folder with a card (run `mapo-data card` first)."
+    ),
     repo_id: str = typer.Option(..., help="Hub dataset repository, USER/NAME."),
     private: bool = typer.Option(True, "--private/--public", help="Visibility of a newly created repo."),
     allow_public_unsafe: bool = typer.Option(
@@ -63,8 +62,6 @@ def push(
     """Upload shards, card, manifest, preview and curation report to a Hub dataset repo.
 
     The token comes from HF_TOKEN or `hf auth login` and is never printed. A rerun uploads only what changed; shards no longer in the manifest are deleted from the repo. The default is a private repo; a pick-safety dataset is gated and needs --allow-public-unsafe to go public.
-
-    Example: mapo-data push runs/pixel-curated --repo-id me/pick-style-pixel --dry-run
     """
     from mapo_data.push import PushConfig, push_dataset
 

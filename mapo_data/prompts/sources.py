@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from mapo_data.errors import MapoError
+from mapo_data.resolve import no_download_count, resolve
 
 DEFAULT_PROMPTS_RESOURCE = "default_prompts.txt"
 TEXT_SUFFIXES = (".txt",)
@@ -18,7 +19,9 @@ TABLE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 PREFERRED_COLUMNS = ("caption", "prompt", "text")
 
 
-def load_prompts(source: str | None, column: str | None = None, split: str | None = None) -> list[str]:
+def load_prompts(
+    source: str | None, column: str | None = None, split: str | None = None, *, what: str = "prompt source"
+) -> list[str]:
     """Read the raw prompts of `source`, in order and as written (curation cleans them later).
 
     - None: the default set shipped with mapo (`mapo_data/resources/default_prompts.txt`).
@@ -28,6 +31,9 @@ def load_prompts(source: str | None, column: str | None = None, split: str | Non
     - an existing folder: a dataset folder read with `datasets` (parquet/json/csv files, or a
       `save_to_disk` folder).
     - anything else: a Hugging Face Hub dataset id read with `datasets`, split `split` (default train).
+
+    `what` names the argument in errors. A missing file, or a Hub id that neither the Hub nor the
+    local cache has, fails before `datasets` is asked (``mapo_data.resolve``).
     """
     if source is None:
         text = resources.files("mapo_data.resources").joinpath(DEFAULT_PROMPTS_RESOURCE).read_text("utf-8")
@@ -39,19 +45,8 @@ def load_prompts(source: str | None, column: str | None = None, split: str | Non
         if split:
             raise MapoError(f"--split only applies to datasets, not to the file {source}")
         return _require_some(_load_file(path, column), source)
-    if _looks_like_path(source):
-        raise MapoError(f"prompt file not found: {source}")
+    resolve(source, what, repo_type="dataset")
     return _require_some(_load_dataset_column(source, column, split, local=False), source)
-
-
-def _looks_like_path(source: str) -> bool:
-    """A Hub id is `name` or `owner/name`; anything with a file suffix or a path start is a file."""
-    lowered = source.lower()
-    return (
-        lowered.endswith(TEXT_SUFFIXES + TABLE_SUFFIXES)
-        or source.startswith((".", "/", "~", "\\"))
-        or source.count("/") > 1
-    )
 
 
 def _require_some(prompts: list[str], where: str) -> list[str]:
@@ -186,6 +181,8 @@ def _load_dataset_column(source: str, column: str | None, split: str | None, *, 
     import datasets
 
     split = split or "train"
+    if local:
+        no_download_count()
     if local and _is_saved_dataset(Path(source)):
         return _load_saved_dataset_column(Path(source), column, split)
     try:

@@ -21,9 +21,10 @@ def load_tokenizers(model: str, *, option: str = "--model") -> list:
 
     `option` names the command-line flag in the error message, so the advice matches the command.
     """
-    from mapo_data.tiny import resolve_model_id
+    from mapo_data.resolve import resolve_model
 
-    location = resolve_model_id(model)
+    # A missing path or unknown Hub id fails here at once (the one resolver).
+    location = resolve_model(model, option)
     folder = Path(location).expanduser()
     if folder.is_dir():
         subfolders = [name for name in TOKENIZER_SUBFOLDERS if (folder / name).is_dir()]

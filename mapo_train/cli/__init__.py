@@ -5,6 +5,7 @@ turns user errors into a one-line message with a non-zero exit.
 mapo-train --recipe RECIPE.yaml [section.key=value ...] [--resume latest|PATH]   (cli.train)
 mapo-train eval ...                                                              (cli.eval)
 mapo-train cache ...                                                             (cli.cache)
+mapo-train export RUN --to single-file|kohya-lora                                (cli.export)
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ import sys
 from mapo_data.errors import MapoError
 
 # First-word subcommands, each a module with main(argv); imported only when used.
-SUBCOMMANDS = {"eval": "mapo_train.cli.eval", "cache": "mapo_train.cli.cache"}
+SUBCOMMANDS = {
+    "eval": "mapo_train.cli.eval",
+    "cache": "mapo_train.cli.cache",
+    "export": "mapo_train.cli.export",
+}
 
 
 def _subcommand(name: str, argv: list[str]) -> int:
@@ -38,6 +43,9 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from mapo_data.quiet import quiet_libraries
+
+    quiet_libraries()  # transformers' torchvision-fallback warnings, before any model is loaded
     try:
         code = run(argv)
     except MapoError as err:

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides anywhere on the line
     from mapo_train.cache import build_cache
     from mapo_train.config import load_config
 
@@ -55,14 +55,17 @@ def main(argv: list[str]) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
+        where = "auto" if result.root.parent == _default() else result.root.parent
         print(
-            f"cache: {result.root} ({result.num_pairs} pairs; {result.shards_written} shards written, "
-            f"{result.shards_skipped} already complete; {result.bad_pairs} undecodable)"
-        )
-        print(
-            f"train on it with data.cache={'auto' if result.root.parent == _default() else result.root.parent}"
+            f"cache: {_count(result.num_pairs, 'pair')} in {result.root} ({result.shards_written} "
+            f"{'shard' if result.shards_written == 1 else 'shards'} written, {result.shards_skipped} already "
+            f"complete, {result.bad_pairs} undecodable); train on it with data.cache={where}"
         )
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _default():

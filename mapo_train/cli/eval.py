@@ -11,6 +11,7 @@ import shlex
 import sys
 
 from mapo_data.errors import MapoError
+from mapo_data.single_file import ALLOW_PICKLE_HELP, MODEL_CONFIG_HELP
 
 EXAMPLES = """\
 examples:
@@ -50,8 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models = p.add_argument_group("models")
     models.add_argument(
-        "--base", default=None, help="base model: Hub id, diffusers folder, or tiny (default: SDXL base 1.0)"
+        "--base",
+        default=None,
+        help="base model: Hub id, diffusers folder, tiny, or an SDXL single-file .safetensors "
+        "(default: SDXL base 1.0)",
     )
+    models.add_argument(
+        "--model-config",
+        dest="model_config",
+        metavar="DIR",
+        help=MODEL_CONFIG_HELP.replace("--model", "--base"),
+    )
+    models.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     models.add_argument(
         "--tuned",
         action="append",
@@ -117,18 +128,28 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
 
     render = p.add_argument_group("rendering")
-    render.add_argument("--steps", type=int, default=30)
-    render.add_argument("--guidance-scale", type=float, default=5.0)
-    render.add_argument("--height", type=int)
-    render.add_argument("--width", type=int)
+    render.add_argument("--steps", type=int, default=30, help="denoising steps per image (default 30)")
+    render.add_argument(
+        "--guidance-scale", type=float, default=5.0, help="classifier-free guidance scale (default 5.0)"
+    )
+    render.add_argument(
+        "--height", type=int, help="image height in pixels (default: the base model's native size)"
+    )
+    render.add_argument(
+        "--width", type=int, help="image width in pixels (default: the base model's native size)"
+    )
     render.add_argument(
         "--dtype", choices=["fp16", "bf16", "fp32"], help="default: fp16 on CUDA, fp32 on CPU"
     )
     render.add_argument("--device", help="torch device (default: accelerate's)")
     render.add_argument("--scheduler", help="scheduler short name, as in mapo-data build")
-    render.add_argument("--negative-prompt")
+    render.add_argument(
+        "--negative-prompt", metavar="TEXT", help="negative prompt for every image (default: none)"
+    )
     render.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
-    render.add_argument("--judge-batch-size", type=int, default=16)
+    render.add_argument(
+        "--judge-batch-size", type=int, default=16, help="images scored per judge call (default 16)"
+    )
 
     output = p.add_argument_group("output")
     output.add_argument(
@@ -152,6 +173,8 @@ def config_from_args(args: argparse.Namespace):
     return EvalConfig(
         tuned=list(args.tuned),
         base=args.base or DEFAULT_MODEL,
+        base_config=args.model_config,
+        allow_pickle=args.allow_pickle,
         names=args.names,
         preset=args.preset,
         split=args.split,

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    # Overrides may come anywhere on the line, before or after --resume and --print-config.
+    args = build_parser().parse_intermixed_args(argv)
     from mapo_train.config import describe_fields, dump_config, load_config
 
     if args.keys:
@@ -69,7 +70,8 @@ def run(argv: list[str]) -> int:
     if not result.main_process:
         return 0
     weights = result.weights or result.output_dir
-    print(f"done: {result.global_step} steps; weights in {weights}")
+    steps = f"{result.global_step} step" + ("" if result.global_step == 1 else "s")
+    print(f"done: {steps}; weights in {weights}")
     if result.validation_grid is not None:
         print(f"validation grid: {result.validation_grid}")
     print(f"curves: {result.output_dir / 'curves.png'}; model card: {result.output_dir / 'README.md'}")

@@ -26,7 +26,11 @@ class EvalConfig:
     tuned: list[str]
     """Fine-tuned models: a run folder (``unet/`` or LoRA weights inside), a UNet folder, a LoRA file, or a Hub id."""
     base: str = DEFAULT_MODEL
-    """The base model: a Hub id, a local diffusers folder, or ``tiny``."""
+    """The base model: a Hub id, a local diffusers folder, ``tiny``, or an SDXL single-file ``.safetensors``."""
+    base_config: str | None = None
+    """For a single-file ``base``: the diffusers folder (or ``tiny``) its configs and tokenizers come from."""
+    allow_pickle: bool = False
+    """Read a pickle single-file ``base`` (``.ckpt``/``.pt``/``.bin``/``.pth``), which can run code when loaded."""
     names: list[str] | None = None
     """Labels for the tuned models in the report, in order; default: derived from their paths."""
     preset: str | None = None
@@ -159,6 +163,8 @@ class EvalConfig:
         dtype = self.dtype or ("fp16" if device.startswith("cuda") else "fp32")
         return RenderConfig(
             model=self.base,
+            model_config=self.base_config,
+            allow_pickle=self.allow_pickle,
             dtype=dtype,
             device=device,
             steps=self.steps,

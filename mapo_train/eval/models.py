@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mapo_data.errors import MapoError
+from mapo_data.resolve import resolve
 from mapo_train.checkpoint import STATE_FILE as CHECKPOINT_STATE_FILE
 from mapo_train.eval.prompts import TRAINING_CONFIG
 
@@ -80,8 +81,8 @@ def resolve_tuned(spec: str) -> TunedSource:
                 "let training finish or point at exported weights"
             )
         raise MapoError(f"--tuned {spec}: no unet/ folder, UNet config or LoRA weights in this folder")
-    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
-        raise MapoError(f"--tuned {spec}: no such file or folder (and not a Hub id owner/name)")
+    # Neither file nor folder: a Hub id, checked before any download (the one resolver).
+    resolve(spec, "--tuned")
     return TunedSource(spec, "hub", spec)
 
 

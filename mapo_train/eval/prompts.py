@@ -36,7 +36,7 @@ def candidate_prompts(source: str | None, column: str | None = None, split: str 
     """
     from mapo_data.prompts import load_prompts
 
-    prompts = [p.strip() for p in load_prompts(source, column=column, split=split)]
+    prompts = [p.strip() for p in load_prompts(source, column=column, split=split, what="--prompts")]
     is_text_file = source is not None and Path(source).suffix.lower() == ".txt"
     prompts = [p for p in prompts if p and not (is_text_file and p.startswith("#"))]
     if not prompts:
@@ -72,14 +72,11 @@ def training_captions(dataset: str, split: str = "train", ties: str = "keep") ->
     except MapoError as err:
         raise TrainingDataUnavailable(str(err)) from None
     if files is None:
-        if not _is_hub_id(dataset):
-            raise TrainingDataUnavailable(
-                f"--dataset {dataset}: no such folder or parquet file (and not a Hub dataset id owner/name)"
-            )
         from mapo_data.prompts import load_prompts
 
         try:
-            return {normalize_prompt(c) for c in load_prompts(dataset, column="caption", split=split)}
+            captions = load_prompts(dataset, column="caption", split=split, what="--dataset")
+            return {normalize_prompt(c) for c in captions}
         except MapoError as err:
             raise TrainingDataUnavailable(str(err)) from None
     captions: set[str] = set()

@@ -291,6 +291,7 @@ def run_eval(
     from transformers.utils import logging as transformers_logging
 
     from mapo_data.judges import load_judge
+    from mapo_data.resolve import resolve_model
 
     # Per-weight loading bars of every judge would bury the run's own progress lines.
     transformers_logging.disable_progress_bar()
@@ -298,6 +299,7 @@ def run_eval(
     device = config.device or str(state.device)
     out = Path(config.out)
     # Everything a user can get wrong is checked before the first (slow) image is rendered.
+    resolve_model(config.base, "--base")
     sources = [resolve_tuned(t) for t in config.tuned]
     selection, dataset, data_warnings = _choose_prompts(config)
     if state.is_main_process and selection.excluded_as_trained:

@@ -118,7 +118,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, tiny_model_path):
     table = tmp_path / "t.jsonl"
     table.write_text('{"caption": "a cat", "url": "u"}\n', encoding="utf-8")
     cases = [
-        ([str(tmp_path / "missing.txt")], "prompt file not found"),
+        ([str(tmp_path / "missing.txt")], "missing.txt: no such local file or folder"),
         ([str(empty)], "no prompts in"),
         ([str(latin)], "is not UTF-8 text"),
         ([str(table), "--column", "prompt"], "available columns: caption, url"),
@@ -152,5 +152,5 @@ def test_console_entry_point_in_a_subprocess(tmp_path, tiny_model_path):
         timeout=120,
     )
     assert proc.returncode == 2
-    assert proc.stderr == f"error: prompt file not found: {missing}\n"
+    assert proc.stderr == f"error: prompt source {missing}: no such local file or folder\n"
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -406,4 +406,4 @@ def test_whatever_verify_rejects_curate_drops_with_its_reason(tmp_path, capsys):
     kept = pq.read_table(out / "data" / "train-00000.parquet").column("caption").to_pylist()
     assert kept == ["good pair 0", "good pair 1", "a tie", "good pair 2"]
     code, stdout, _ = run_cli(capsys, "verify", str(out), "--no-progress")
-    assert code == 0 and stdout.strip() == "ok: 4 pairs in 1 shards, 8 images decoded"
+    assert code == 0 and stdout.strip() == "ok: 4 pairs in 1 shard, 8 images decoded"

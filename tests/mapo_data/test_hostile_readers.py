@@ -70,7 +70,7 @@ def test_verify_lists_exactly_the_undecodable_images(corpus, capsys):
     for line, i in zip(lines, UNDECODABLE, strict=True):
         assert line.startswith(f"{corpus} row {i}: jpg_0 does not decode ("), line
         assert CASES[i].reason in line, line
-    assert err.strip().splitlines()[-1] == f"{len(UNDECODABLE)} problem(s) in 1 shards"
+    assert len(UNDECODABLE) > 1 and err.strip().splitlines()[-1] == f"{len(UNDECODABLE)} problems in 1 shard"
     report = verify_dataset(corpus)
     assert (report.pairs, report.images) == (len(CASES), 2 * len(CASES))
 
@@ -155,7 +155,7 @@ def test_datasets_image_struct_columns_are_read_as_image_bytes(tmp_path, capsys)
     )
     pq.write_table(table, path)
     code, out, _ = run_cli(capsys, "verify", str(path), "--no-progress")
-    assert code == 0 and out.startswith("ok: 1 pairs in 1 shards, 2 images decoded")
+    assert code == 0 and out.startswith("ok: 1 pair in 1 shard, 2 images decoded")
     images = dataset_stats(path)["images"]
     assert images["sizes"] == {"32x48": 2} and images["mean_bytes"] == (len(data) + len(rejected)) / 2
 
@@ -211,7 +211,8 @@ def test_schema_faults_end_in_one_line_naming_the_file(case, command, beside_goo
         lines = out.splitlines()
         assert all(line.startswith(prefix) for line in lines), lines
         assert case.fragment in "; ".join(line[len(prefix) :] for line in lines), lines
-        assert err.strip().splitlines()[-1].startswith(f"{len(lines)} problem(s) in ")
+        noun = "problem" if len(lines) == 1 else "problems"
+        assert err.strip().splitlines()[-1].startswith(f"{len(lines)} {noun} in ")
         return
     assert_one_line_error(code, out, err, case.fragment)
     assert bad.name in err

@@ -150,7 +150,7 @@ def test_missing_file(tmp_path, name, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MapoError) as excinfo:
         load_prompts(name)
-    assert _one_line_error(excinfo) == f"prompt file not found: {name}"
+    assert _one_line_error(excinfo) == f"prompt source {name}: no such local file or folder"
 
 
 @pytest.mark.parametrize(

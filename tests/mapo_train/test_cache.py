@@ -204,6 +204,10 @@ def test_cache_cli(cache_env, capsys):
     )
     assert run(["cache", "--recipe", str(recipe), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "3 pairs; 1 shards written" in out and f"data.cache={cache_env / 'cc'}" in out
+    # One closing line: what was written and how to train on it.
+    (line,) = out.splitlines()
+    assert line.startswith("cache: 3 pairs in ") and line.endswith(
+        f" (1 shard written, 0 already complete, 0 undecodable); train on it with data.cache={cache_env / 'cc'}"
+    )
     assert run(["cache", "--recipe", str(recipe), "--no-progress"]) == 0
     assert "0 shards written, 1 already complete" in capsys.readouterr().out

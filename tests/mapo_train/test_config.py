@@ -102,7 +102,7 @@ def test_model_shorthand_and_defaults():
         (
             MINIMAL,
             ["train.lerning_rate=1"],
-            r"unknown key train.lerning_rate \(did you mean learning_rate\?\)",
+            r"unknown key train.lerning_rate \(did you mean train.learning_rate\?\)",
         ),
         (MINIMAL, ["trian.max_steps=1"], r"unknown key trian \(did you mean train\?\)"),
         ({**MINIMAL, "optimiser": {}}, [], "unknown key optimiser"),

@@ -146,7 +146,10 @@ def bad(runs, out, *extra):
         (["--tuned", "{full}", "--judge", "sharpness"], "unknown judge"),
         (["--tuned", "{misfit}"], "do not fit the base model tiny"),
         (["--tuned", "{full}", "--preset", "custom", "--split", ""], "--preferred-text"),
-        (["--tuned", "{full}", "--judge", "clip:nobody/no-clip"], "cannot load the CLIP model"),
+        (
+            ["--tuned", "{full}", "--judge", "clip:nobody/no-clip"],
+            "the clip judge's model nobody/no-clip: no local",
+        ),
         (["--tuned", "{full}", "--num-prompts", "0"], "at least 1"),
     ],
 )

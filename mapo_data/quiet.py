@@ -1,0 +1,38 @@
+"""Keep library chatter out of mapo's output, for every command line (mapo-data and mapo-train).
+
+Two kinds of noise buried the one-line messages:
+
+- transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to
+  `CLIPImageProcessorPil`" (and the same for Siglip), logged when diffusers imports its pipeline
+  modules. The PIL backend is the one mapo wants (torchvision is not a dependency), so the
+  warning never asks anything of the user. It is dropped by a filter on the logger that emits it,
+  which works whatever the verbosity and whether or not transformers was imported first (a
+  notebook, a test, mapo-train importing mapo_data): an environment variable read at
+  transformers' import cannot promise that.
+- Everything else transformers logs below an error, which ``TRANSFORMERS_VERBOSITY=error`` hides
+  unless the user set the variable (``TRANSFORMERS_VERBOSITY=warning`` brings it back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+# The logger transformers' lazy-import fallback writes to (transformers/utils/import_utils.py).
+_FALLBACK_LOGGER = "transformers.utils.import_utils"
+
+
+class _DropTorchvisionFallback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+_FILTER = _DropTorchvisionFallback()
+
+
+def quiet_libraries() -> None:
+    """Silence the library chatter described above; call before any model is loaded. Idempotent."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logger = logging.getLogger(_FALLBACK_LOGGER)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
