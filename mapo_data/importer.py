@@ -87,6 +87,7 @@ RANKED_ROLES = {
     "ranks": ("ranks", "rank", "ranking"),
     "scores": ("scores", "score"),
 }
+WRITE_BATCH = 64  # rows handed to the shard writer at a time
 STEP_DIR = "import"  # per-shard drop counts and score gaps, beside the completion markers
 
 
@@ -826,6 +827,10 @@ def run_import(
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise MapoError(f"--out {out} exists and is not a folder")
+    source = Path(config.source).expanduser()
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        # The output would become part of the source it is identified by.
+        raise MapoError(f"--out {out} lies inside the source folder {source}; choose another --out")
     plan = plan_import(config, log)
     ident = identity(config, plan)
     _check_out_folder(out, config, ident)
@@ -851,21 +856,30 @@ def run_import(
         disable=not progress,
     )
     for index in todo:
-        rows, dropped, reencoded = [], Counter(), 0
-        for pair in _shard(plan, index, config):
-            row, reason, count = _convert_pair(pair, config.seed, log)
-            if row is None:
-                dropped[reason] += 1
-            else:
-                rows.append(row)
+        dropped, reencoded, gaps, written = Counter(), 0, [], 0
+        # Rows go to the shard file in small batches: a shard of large images is never held whole.
+        with writer.open_shard(index, schema) as shard:
+            pending: list[dict[str, Any]] = []
+            for pair in _shard(plan, index, config):
+                row, reason, count = _convert_pair(pair, config.seed, log)
+                bar.update(1)
+                if row is None:
+                    dropped[reason] += 1
+                    continue
+                pending.append(row)
                 reencoded += count
-            bar.update(1)
-        # The shard's own counts first: a marker without them would make the rerun redo the shard.
-        gaps = [abs(r["score_0"] - r["score_1"]) for r in rows] if plan.has_scores else []
+                if plan.has_scores:
+                    gaps.append(abs(row["score_0"] - row["score_1"]))
+                if len(pending) == WRITE_BATCH:
+                    shard.write(pa.Table.from_pylist(pending, schema=schema))
+                    written, pending = written + len(pending), []
+            shard.write(pa.Table.from_pylist(pending, schema=schema))
+            written += len(pending)
+        # The shard's counts before its marker: a complete marker always has them beside it.
         atomic_write_json(
             _step_path(out, index), {"dropped": dict(dropped), "reencoded": reencoded, "score_gaps": gaps}
         )
-        writer.write_shard(index, pa.Table.from_pylist(rows, schema=schema))
+        writer.mark_complete(writer.shard_info(index, written))
     bar.close()
     manifest = _manifest(config, plan, out, writer, num_shards)
     writer.write_manifest(manifest)

@@ -199,7 +199,7 @@ def test_bad_inputs_are_one_line_errors_and_leave_no_complete_out(tmp_path, caps
     )
     assert_one_line_error(
         *run_cli(capsys, "curate", str(src), "--out", str(tmp_path / "o2"), "--judge", "clip:/no/such/model"),
-        "cannot load",
+        "the clip judge's model /no/such/model: no such local file or folder",
     )
     assert_one_line_error(
         *run_cli(

@@ -252,3 +252,48 @@ def test_every_torch_load_in_mapo_is_weights_only():
         for path in sorted((ROOT / package).rglob("*.py")):
             text = path.read_text()
             assert "from torch import load" not in text and "pickle.load" not in text, path
+
+
+def test_an_sdxl_shaped_unet_gets_the_sdxl_checkpoint_names():
+    """The tiny UNet has two blocks of one layer; SDXL has three blocks of two layers with 1, 2 and
+    10 transformer layers. A small UNet of SDXL's shape must land on the names real SDXL files use,
+    and diffusers' loader must map every one of them back."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    from mapo_data.single_file import UNET_PREFIX, _unet_key
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 3),
+        attention_head_dim=(2, 4, 4),
+        cross_attention_dim=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
+    state = unet.state_dict()
+    original = {UNET_PREFIX + _unet_key(k, unet.config): v for k, v in state.items()}
+    assert len(original) == len(state)
+    for name in (  # as in sd_xl_base_1.0.safetensors
+        "input_blocks.3.0.op.weight",
+        "input_blocks.4.0.skip_connection.weight",
+        "input_blocks.8.1.transformer_blocks.1.attn2.to_k.weight",
+        "middle_block.1.transformer_blocks.2.ff.net.2.weight",
+        "middle_block.2.emb_layers.1.weight",
+        "output_blocks.2.2.conv.weight",
+        "output_blocks.5.2.conv.weight",
+        "output_blocks.8.0.out_layers.3.weight",
+        "label_emb.0.2.weight",
+        "time_embed.2.bias",
+    ):
+        assert UNET_PREFIX + name in original, name
+    back = convert_ldm_unet_checkpoint(original, dict(unet.config))
+    assert set(back) == set(state) and all(back[k] is state[k] for k in state)

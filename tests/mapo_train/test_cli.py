@@ -64,7 +64,7 @@ def test_print_config_and_keys(capsys):
 def test_missing_data_and_resume_errors(tmp_path, capsys):
     base = ["--recipe", str(QUICKSTART), f"train.output_dir={tmp_path / 'out'}", "train.report_to=none"]
     code, _, err = run_main([*base, f"data.path={tmp_path / 'missing'}"], capsys)
-    assert_one_line_error(code, err, "does not exist")
+    assert_one_line_error(code, err, f"data.path {tmp_path / 'missing'}: no such local file or folder")
     code, _, err = run_main([*base, "--resume", "latest"], capsys)
     assert_one_line_error(code, err, "no checkpoint in")
 

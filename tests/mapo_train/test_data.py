@@ -163,7 +163,7 @@ def test_mapo_data_folder_layout_and_column_check(tmp_path):
     pd.DataFrame({"caption": ["x"], "jpg_0": [b""], "label_0": [1]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(MapoError, match="missing column.*jpg_1"):
         load_pair_data(cfg_for(tmp_path / "bad.parquet"), seed=0)
-    with pytest.raises(MapoError, match="does not exist"):
+    with pytest.raises(MapoError, match="no such local file or folder"):
         load_pair_data(cfg_for(tmp_path / "nowhere"), seed=0)
 
 

@@ -27,7 +27,16 @@ def render(pipe):
     return np.asarray(render_images(pipe, ["a red fox"], [7], CFG)[0], dtype=np.int16)
 
 
-def test_resolve_tuned_forms(tmp_path, tiny_model_path, lora):
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty local Hub cache in which tests place repositories (offline, ids resolve only there)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    return tmp_path / "hub-cache"
+
+
+def test_resolve_tuned_forms(tmp_path, tiny_model_path, lora, hub_cache):
     run = make_tuned_unet_run(tiny_model_path, tmp_path / "run")
     assert resolve_tuned(str(run)).kind == "unet"
     assert resolve_tuned(str(run)).training_config == str(run / "training_config.yaml")
@@ -35,11 +44,14 @@ def test_resolve_tuned_forms(tmp_path, tiny_model_path, lora):
     lora_file = save_lora(lora, tmp_path / "lora-run")
     assert resolve_tuned(str(tmp_path / "lora-run")).path == str(lora_file)
     assert resolve_tuned(str(lora_file)).kind == "lora"
+    with pytest.raises(MapoError, match="^--tuned someone/sdxl-mapo: no local file or folder of that name"):
+        resolve_tuned("someone/sdxl-mapo")  # offline, and not in the cache
+    (hub_cache / "models--someone--sdxl-mapo").mkdir(parents=True)
     assert resolve_tuned("someone/sdxl-mapo").kind == "hub"
     (tmp_path / "unfinished" / "checkpoint-0000010").mkdir(parents=True)
     with pytest.raises(MapoError, match="no final weights"):
         resolve_tuned(str(tmp_path / "unfinished"))
-    with pytest.raises(MapoError, match="no such file"):
+    with pytest.raises(MapoError, match="no such local file or folder"):
         resolve_tuned(str(tmp_path / "missing"))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(MapoError, match="LoRA weights"):
@@ -85,7 +97,9 @@ def test_unet_that_does_not_fit():
     check_unet_fits({"in_channels": 4}, {"in_channels": 4}, "runs/x", "tiny")
 
 
-def test_hub_id_offline_is_one_line(pipe):
+def test_hub_id_offline_is_one_line(pipe, hub_cache):
+    # In the cache by name (so resolved as a Hub id), but without the files a tuned model needs.
+    (hub_cache / "models--nobody--no-such-sdxl-finetune").mkdir(parents=True)
     source = resolve_tuned("nobody/no-such-sdxl-finetune")
     with (
         pytest.raises(MapoError, match="cannot load --tuned nobody/no-such-sdxl-finetune") as info,

@@ -49,7 +49,7 @@ def test_empty_or_missing_prompt_file_is_an_error(tmp_path):
     empty.write_text("\n# only a comment\n")
     with pytest.raises(MapoError, match="no prompts"):
         select(prompts_file=str(empty))
-    with pytest.raises(MapoError, match="not found"):
+    with pytest.raises(MapoError, match="no such local file or folder"):
         select(prompts_file=str(tmp_path / "nope.txt"))
 
 
@@ -93,7 +93,7 @@ def test_all_prompts_trained_is_an_error(tmp_path):
     dataset = write_captions(tmp_path / "train.parquet", ["a red fox"])
     with pytest.raises(MapoError, match="every prompt"):
         select(prompts_file=str(file), dataset=str(dataset))
-    with pytest.raises(TrainingDataUnavailable, match="no such folder"):
+    with pytest.raises(TrainingDataUnavailable, match="no such local file or folder"):
         select(prompts_file=str(file), dataset=str(tmp_path / "missing"))
     no_caption = tmp_path / "other.parquet"
     pd.DataFrame([{"text": "x"}]).to_parquet(no_caption)
