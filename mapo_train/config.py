@@ -169,7 +169,7 @@ class TrainConfig:
     export: list[Literal["diffusers", "single-file", "kohya-lora"]] = field(
         default_factory=lambda: ["diffusers"]
     )
-    """Formats the final weights are written in: `diffusers` (always; `unet/` or `pytorch_lora_weights.safetensors`, what eval, push and `mapo-train export` read), `single-file` (full fine-tunes: `<output_dir>/<name>.safetensors`, one SDXL checkpoint in the original layout with the base's VAE and text encoders, for ComfyUI/A1111/Forge), `kohya-lora` (LoRA runs: `<output_dir>/<name>_kohya.safetensors` with per-module alpha, for kohya-based tools, ComfyUI and A1111)."""
+    """Formats the final weights are written in: `diffusers` (always; `unet/` or `pytorch_lora_weights.safetensors`, what eval, push and `mapo-train export` read), `single-file` (full fine-tunes: `<output_dir>/sdxl_checkpoint.safetensors`, one SDXL checkpoint in the original layout with the base's VAE and text encoders, for ComfyUI/A1111/Forge; `mapo-train export` writes it later), `kohya-lora` (LoRA runs: `<output_dir>/lora_kohya.safetensors` with per-module alpha, for kohya-based tools, ComfyUI and A1111)."""
 
 
 @dataclass

@@ -200,7 +200,8 @@ def test_unresolvable_hub_model_is_an_error_not_a_guess(env):
 
     tmp_path, _ = env
     with pytest.raises(
-        MapoError, match=r"cannot tell which version of someone/other-vae .* not in the local"
+        MapoError,
+        match=r"^model.vae someone/other-vae: no local file or folder of that name, and no copy in the local",
     ):
         locate_cache(_cfg(tmp_path, "a", "model.vae=someone/other-vae"), "no")
 

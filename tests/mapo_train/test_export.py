@@ -276,3 +276,10 @@ def test_an_unknown_export_format_names_the_key(tmp_path):
     assert str(err.value).startswith(
         "train.export[1]: expected one of 'diffusers', 'single-file', 'kohya-lora'"
     )
+
+
+def test_export_of_what_is_not_a_finished_run_is_one_line(tmp_path, capsys):
+    code, _, err = run_main(["export", str(tmp_path / "nope"), "--to", "single-file"], capsys)
+    assert code == 2 and err == f"error: {tmp_path / 'nope'}: no such run folder\n"
+    code, _, err = run_main(["export", str(tmp_path), "--to", "kohya-lora"], capsys)
+    assert code == 2 and err == f"error: {tmp_path}: not a mapo-train run folder (no training_config.yaml)\n"
