@@ -163,7 +163,9 @@ def load_pipeline(config: RenderConfig, device: str | None = None) -> StableDiff
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         if single:
-            parts = load_single_file(config.model, config.model_config, config.torch_dtype, config.allow_pickle)
+            parts = load_single_file(
+                config.model, config.model_config, config.torch_dtype, config.allow_pickle
+            )
             pipe = StableDiffusionXLPipeline(**{**parts, **extra}, add_watermarker=False)
             pipe.register_to_config(_name_or_path=str(config.model))  # as from_pretrained records it
         else:

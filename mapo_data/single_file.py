@@ -455,7 +455,10 @@ def write_single_file(
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the four models as one SDXL single-file ``.safetensors`` checkpoint at ``out`` (weights
-    in the dtype they have), atomically. Returns the path."""
+    in the dtype they have), atomically. Returns the path.
+
+    safetensors writes metadata entries in no fixed order, so more than one entry would make equal
+    weights give different bytes; keep ``metadata`` to one entry where reproducible bytes matter."""
     import os
 
     from safetensors.torch import save_file

@@ -98,7 +98,6 @@ def export_single_file(run: Path, cfg: RunConfig) -> Path:
         base.vae,
         base.text_encoder,
         base.text_encoder_2,
-        metadata={"mapo.base_model": cfg.model.pretrained, "mapo.loss": cfg.loss.name},
     )
 
 

@@ -1,7 +1,6 @@
 """The shared Typer application that every command module registers on."""
 
 import typer
-from rich.markup import escape
 from typer.core import TyperCommand
 
 
@@ -18,7 +17,9 @@ class MapoCommand(TyperCommand):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.rich_markup_mode == "rich":
+        if self.rich_markup_mode == "rich":  # typer only renders with Rich when it is installed
+            from rich.markup import escape
+
             for attr in ("help", "epilog", "short_help"):
                 if getattr(self, attr, None):
                     setattr(self, attr, escape(getattr(self, attr)))

@@ -62,7 +62,9 @@ def test_help_is_clean(command, capsys, monkeypatch):
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_argument_and_option_has_a_description(command):
     cmd = typer.main.get_command(app).commands[command]
-    undescribed = [p.name for p in cmd.params if not getattr(p, "hidden", False) and not (p.help or "").strip()]
+    undescribed = [
+        p.name for p in cmd.params if not getattr(p, "hidden", False) and not (p.help or "").strip()
+    ]
     assert undescribed == []
 
 
@@ -107,7 +109,9 @@ def test_bracketed_defaults_and_argument_names_survive_in_the_text(capsys, monke
 def test_usage_errors_are_a_message_not_a_traceback(args, message, capsys):
     code, out, err = run_cli(capsys, *args)
     assert code == 2 and "Traceback" not in out + err
-    assert err.startswith(f"Usage: mapo-data {args[0]}" if args[0] != "bild" else "Usage: mapo-data [OPTIONS]")
+    assert err.startswith(
+        f"Usage: mapo-data {args[0]}" if args[0] != "bild" else "Usage: mapo-data [OPTIONS]"
+    )
     assert err.strip().splitlines()[-1].startswith(message), err
 
 
@@ -135,7 +139,9 @@ def test_mapo_train_help_is_clean(command, capsys, monkeypatch):
     assert usage.startswith("usage: mapo-train") and not BRACED_NAME.search(usage), usage
     assert len(EXAMPLE_HEADING.findall(text)) == 1, EXAMPLE_HEADING.findall(text)
     parser = _train_parsers()[command]
-    undescribed = [a.dest for a in parser._actions if not (a.help or "").strip() or a.help == argparse.SUPPRESS]
+    undescribed = [
+        a.dest for a in parser._actions if not (a.help or "").strip() or a.help == argparse.SUPPRESS
+    ]
     assert undescribed == []
 
 
@@ -176,10 +182,12 @@ def test_one_pair_dataset_messages_use_singular_and_readable_sizes(tmp_path, cap
     assert code == 0
     assert out.splitlines()[0] == "kept 1 of 1 pair in 1 shard; dropped: none; ties seen: 0"
     report = (tmp_path / "cur" / "curation_report.md").read_text()
-    assert f"(1 pair in 1 shard)" in report and "(1 pair kept, 100.0%)" in report
+    assert "(1 pair in 1 shard)" in report and "(1 pair kept, 100.0%)" in report
 
     code, out, _ = run_cli(capsys, "preview", str(root), "--out", str(tmp_path / "p.png"), "--n", "4")
-    assert code == 0 and re.fullmatch(rf"wrote {re.escape(str(tmp_path / 'p.png'))} \(1 pair, \d+x\d+ px\)", out.strip())
+    assert code == 0 and re.fullmatch(
+        rf"wrote {re.escape(str(tmp_path / 'p.png'))} \(1 pair, \d+x\d+ px\)", out.strip()
+    )
 
     code, _, _ = run_cli(capsys, "card", str(root), "--no-preview")
     text = (root / "README.md").read_text()
@@ -242,7 +250,7 @@ def test_ctrl_c_during_a_build_says_how_to_resume_and_the_rerun_does(tmp_path):
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stdout + stderr
     assert stderr.strip().splitlines()[-1] == RESUME_HINT
     assert not (out / "manifest.json").exists()
