@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from mapo_data.errors import MapoError
 from mapo_data.reader import ROW_PROBLEM_REASONS, PairRow, decode_image, row_problems, rows_of
-from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, PROMPT_COLUMNS
+from mapo_data.schema import CAPTION, IMAGE_COLUMNS, LABEL_COLUMNS, PROMPT_COLUMNS, PROMPT_ID
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,6 +44,9 @@ class Candidate:
     scores: dict[str, Any] = field(default_factory=dict)  # extra output columns set by filters
     #: The row's caption, labels and prompts exactly as read (nulls kept), for the row rule.
     fields: dict[str, Any] = field(default_factory=dict)
+    #: Pairs that share images on purpose (``build judged`` pairs N candidates of one prompt and
+    #: writes the prompt's ``prompt_id``); None when the data has no such column.
+    group: Any = None
     _images: dict[str, Any] = field(default_factory=dict, repr=False)
     _phash: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -140,8 +143,14 @@ def candidates_of(batch: pa.RecordBatch) -> list[Candidate]:
     """The pairs of a record batch as filter candidates, with the fields the row rule reads."""
     names = [c for c in (CAPTION, *LABEL_COLUMNS, *PROMPT_COLUMNS) if c in batch.schema.names]
     columns = {name: batch.column(name).to_pylist() for name in names}
+    groups = batch.column(PROMPT_ID).to_pylist() if PROMPT_ID in batch.schema.names else None
     return [
-        Candidate(i, row, fields={name: values[i] for name, values in columns.items()})
+        Candidate(
+            i,
+            row,
+            fields={name: values[i] for name, values in columns.items()},
+            group=groups[i] if groups is not None else None,
+        )
         for i, row in enumerate(rows_of(batch))
     ]
 
@@ -269,6 +278,9 @@ class DuplicateImageFilter(PairFilter):
 
     ``pixels`` matches identical decoded pixels (safe: never a false positive); ``phash`` matches
     perceptual hashes within ``max_distance`` bits, which also catches re-encoded or resized copies.
+    Pairs of one group (the same ``prompt_id`` of a judged build, whose ``adjacent`` and ``all``
+    pairings reuse each candidate on purpose) may share their own images; an image seen in another
+    group is still a duplicate.
     """
 
     name = "duplicate_image"
@@ -281,8 +293,9 @@ class DuplicateImageFilter(PairFilter):
         self.mode = mode
         self.max_distance = int(max_distance)
         self.seen: set[str] = set()
+        self.group_of: dict[str, Any] = {}  # key -> the group of the kept pair that brought it
         self.index = HashIndex(self.max_distance)
-        self._new: list[str] = []
+        self._new: list[list[Any]] = []
 
     def settings(self):
         return {
@@ -298,29 +311,38 @@ class DuplicateImageFilter(PairFilter):
     def _seen(self, key: str) -> bool:
         return self.index.near(int(key, 16)) if self.mode == "phash" else key in self.seen
 
-    def _remember(self, key: str) -> None:
+    def _remember(self, key: str, group: Any = None) -> None:
         if key in self.seen:
             return
         self.seen.add(key)
+        self.group_of[key] = group
         if self.mode == "phash":
             self.index.add(int(key, 16))
 
+    def _duplicate(self, key: str, group: Any) -> bool:
+        if group is not None and key in self.seen and self.group_of.get(key) == group:
+            return False  # this very image, reused by another pair of its own group
+        return self._seen(key)
+
     def check(self, pair):
-        return drop("duplicate_image") if any(self._seen(k) for k in self._keys(pair)) else KEEP
+        duplicate = any(self._duplicate(k, pair.group) for k in self._keys(pair))
+        return drop("duplicate_image") if duplicate else KEEP
 
     def on_keep(self, pair):
         for key in self._keys(pair):
             if key not in self.seen:
-                self._new.append(key)
-            self._remember(key)
+                self._new.append([key, pair.group])
+            self._remember(key, pair.group)
 
     def export_state(self):
         new, self._new = self._new, []
         return new
 
     def import_state(self, state):
-        for key in state or []:
-            self._remember(key)
+        for entry in state or []:
+            # Older state lists keys alone (no groups).
+            key, group = (entry, None) if isinstance(entry, str) else entry
+            self._remember(key, group)
 
 
 def normalise_caption(caption: str) -> str:

@@ -60,7 +60,7 @@ from mapo_data.build import chosen_column, library_versions
 from mapo_data.errors import MapoError
 from mapo_data.images import UndecodableImage, decode_image, image_info
 from mapo_data.judged import keep_pair, rank_pairs
-from mapo_data.schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME
+from mapo_data.schema import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, PROMPT_ID
 from mapo_data.shards import STATE_DIR, DatasetWriter, atomic_write_json, read_json, shard_entries
 
 LAYOUTS = ("folder", "table", "ranked")
@@ -340,6 +340,9 @@ class PlannedPair:
     rejected: ImageRef
     scores: tuple[float, float] | None = None
     """(chosen score, rejected score) when the source has scores."""
+    prompt_id: int | None = None
+    """The source row of a ranked source: its pairs share images on purpose (curate's duplicate
+    filter lets pairs of one prompt_id reuse them)."""
 
 
 @dataclass
@@ -543,7 +546,7 @@ def _plan_ranked(rows: Rows, config: ImportConfig) -> Plan:
                 dropped["missing_image"] += 1
                 continue
             scores = (numbers[better], numbers[worse]) if use_scores else None
-            pairs.append(PlannedPair(len(pairs), caption, refs[0], refs[1], scores))
+            pairs.append(PlannedPair(len(pairs), caption, refs[0], refs[1], scores, prompt_id=i))
     return Plan("ranked", pairs, len(rows), dropped, cols, use_scores, config.pairs, rows.fingerprint)
 
 
@@ -681,7 +684,7 @@ def prepare_image(data: bytes) -> tuple[bytes, str | None]:
     return buffer.getvalue(), reason
 
 
-def _schema(has_scores: bool) -> pa.Schema:
+def _schema(has_scores: bool, ranked: bool = False) -> pa.Schema:
     fields = [
         pa.field("caption", pa.string()),
         pa.field("jpg_0", pa.binary()),
@@ -694,6 +697,8 @@ def _schema(has_scores: bool) -> pa.Schema:
     ]
     if has_scores:
         fields += [pa.field("score_0", pa.float64()), pa.field("score_1", pa.float64())]
+    if ranked:
+        fields.append(pa.field(PROMPT_ID, pa.int64()))
     return pa.schema(fields)
 
 
@@ -711,6 +716,8 @@ def _pair_row(pair: PlannedPair, seed: int, images: tuple[bytes, bytes]) -> dict
     row.update({f"source_{k}": origin for k, (_, _, origin) in enumerate(sides)})
     if scores is not None:
         row.update({"score_0": scores[0], "score_1": scores[1]})
+    if pair.prompt_id is not None:
+        row[PROMPT_ID] = pair.prompt_id
     return row
 
 
@@ -848,7 +855,7 @@ def run_import(
     skipped = num_shards - len(todo)
     if skipped:
         log(f"resuming: {skipped} of {num_shards} shards already complete")
-    schema = _schema(plan.has_scores)
+    schema = _schema(plan.has_scores, ranked=plan.layout == "ranked")
     bar = tqdm(
         total=sum(len(_shard(plan, i, config)) for i in todo),
         unit="pair",

@@ -25,6 +25,8 @@ REQUIRED_COLUMNS = (CAPTION, *IMAGE_COLUMNS, *LABEL_COLUMNS)
 
 # Provenance columns written by `mapo-data build` (other datasets may lack them).
 PAIR_ID = "pair_id"
+# Pairs made from one prompt's candidates (`build judged`, ranked imports) share this id.
+PROMPT_ID = "prompt_id"
 PROMPT_COLUMNS = ("prompt_0", "prompt_1")
 SEED_COLUMNS = ("seed_0", "seed_1")
 
@@ -56,7 +58,7 @@ JUDGED_SCHEMA = pa.schema(
         pa.field("score_1", pa.float64()),
         pa.field("candidate_0", pa.int64()),
         pa.field("candidate_1", pa.int64()),
-        pa.field("prompt_id", pa.int64()),
+        pa.field(PROMPT_ID, pa.int64()),
     ]
 )
 # The ranked layout (`build judged --keep-candidates`, `import --layout ranked`): one row per prompt.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mapo_data.cli.app import app
+from mapo_data.text import plural
 
 
 @app.command(
@@ -78,6 +79,7 @@ def import_pairs(
     result = run_import(config, progress=progress)
     dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items()) or "none"
     typer.echo(
-        f"done: {result.num_pairs} pairs in {result.num_shards} shards -> {result.out} (dropped: {dropped})",
+        f"done: {plural(result.num_pairs, 'pair')} in {plural(result.num_shards, 'shard')} -> {result.out} "
+        f"(dropped: {dropped})",
         err=True,
     )

@@ -20,7 +20,7 @@ def card(
         None, help="Hub id the card's load/train snippets use [default: USER/NAME]."
     ),
     template: str | None = typer.Option(
-        None, help="pick-style, pick-safety or custom [default: from the manifest's preset]."
+        None, help="pick-style, pick-safety, custom, judged or import [default: from the manifest]."
     ),
     title: str | None = typer.Option(None, help="Card title / pretty_name."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Write preview.png if it is missing."),

@@ -407,3 +407,45 @@ def test_whatever_verify_rejects_curate_drops_with_its_reason(tmp_path, capsys):
     assert kept == ["good pair 0", "good pair 1", "a tie", "good pair 2"]
     code, stdout, _ = run_cli(capsys, "verify", str(out), "--no-progress")
     assert code == 0 and stdout.strip() == "ok: 4 pairs in 1 shard, 8 images decoded"
+
+
+def test_pairs_of_one_prompt_may_share_images_but_not_across_prompts(tmp_path, capsys):
+    """A judged build's `all` pairing pairs candidates A, B, C of one prompt as (A,B), (A,C), (B,C):
+    curate keeps all three (same prompt_id); an image of prompt 0 reused under prompt 1 is still a
+    duplicate. Across shards too, from the state a rerun restores."""
+    a, b, c, d, e, f = (encode(noise(900 + k)) for k in range(6))
+
+    def row(caption, first, second, prompt_id):
+        return {
+            "caption": caption,
+            "jpg_0": first,
+            "jpg_1": second,
+            "label_0": 1.0,
+            "label_1": 0.0,
+            "prompt_id": prompt_id,
+        }
+
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([row("p0", a, b, 0), row("p0", a, c, 0), row("p0", b, c, 0)]),
+        src / "train-00000.parquet",
+    )
+    pq.write_table(
+        pa.Table.from_pylist([row("p1", d, e, 1), row("p1", a, f, 1), row("p1", d, f, 1)]),
+        src / "train-00001.parquet",
+    )
+    out = tmp_path / "out"
+    args = ["curate", str(src), "--out", str(out), "--max-per-caption", "0", "--no-progress"]
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "duplicate_image 1" in stdout
+    kept = pq.read_table(out / "data").to_pylist()
+    assert [(r["caption"], r["prompt_id"]) for r in kept] == [("p0", 0)] * 3 + [("p1", 1)] * 2
+    assert all(r["jpg_0"] != a for r in kept if r["prompt_id"] == 1)
+    # Shard 1 redone after a crash: the images shard 0 kept come back with their prompt ids.
+    (out / "data" / "train-00001.parquet").unlink()
+    (out / ".mapo" / "completions" / "00001.json").unlink()
+    (out / "manifest.json").unlink()
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and "duplicate_image 1" in stdout
+    assert pq.read_table(out / "data").to_pylist() == kept

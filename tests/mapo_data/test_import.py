@@ -132,7 +132,7 @@ def test_folder_keeps_clean_bytes_and_reencodes_the_rest_as_png(wl_folder, tmp_p
     assert step["method"] == "import" and step["layout"] == "folder" and step["source"] == str(wl_folder)
     assert step["counts"] == {"rows_read": 3, "pairs_written": 3, "dropped": {}, "reencoded_png": 2}
     assert step["pairing"] is None and step["min_margin"] is None and "score_gaps" not in step
-    assert "done: 3 pairs in 1 shards" in err
+    assert "done: 3 pairs in 1 shard " in err
 
 
 def test_folder_captions_from_metadata_and_bad_images_skipped(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -140,4 +141,7 @@ def test_missing_pair_columns(tmp_path, capsys):
 @pytest.mark.parametrize("command", ["curate", "verify", "preview", "stats", "card", "push"])
 def test_every_command_has_help_with_an_example(command, capsys):
     code, out, _ = run_cli(capsys, command, "--help")
-    assert code == 0 and f"Example: mapo-data {command} " in out
+    # One examples section (the epilog), each example a full command line.
+    sections = re.split(r"Examples?:", out)
+    assert code == 0 and len(sections) == 2
+    assert f"mapo-data {command} " in sections[1]
