@@ -438,3 +438,24 @@ def test_dry_run_lists_prompts_and_writes_nothing(prompt_file, tmp_path, capsys)
         f"4 prompts x 4 candidates -> {out}; judge clipscore:tiny, pairs best-worst, min margin 0;" in stdout
     )
     assert "[3] a lighthouse at dusk" in stdout
+
+
+def test_judged_pairs_curate_whole_and_train_with_the_quickstart_recipe(judged_all, tmp_path, capsys):
+    """The judged output works downstream: curate keeps the `all` pairing's pairs (their shared
+    candidates are not duplicates within one prompt) and the quickstart recipe trains on it."""
+    from mapo_train import cli as train_cli
+
+    curated = tmp_path / "curated"
+    code, out, _ = run_cli(
+        ["curate", str(judged_all), "--out", str(curated), "--max-per-caption", "0", "--no-progress"], capsys
+    )
+    assert code == 0
+    assert len(rows(curated)) == len(rows(judged_all))
+    run = tmp_path / "run"
+    argv = ["--recipe", str(Path(__file__).parents[2] / "recipes" / "train" / "quickstart-tiny.yaml"),
+            f"data.path={judged_all}", f"train.output_dir={run}", "train.max_steps=2",
+            "train.report_to=none", "validation.enabled=false"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(argv)
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert (run / "unet" / "diffusion_pytorch_model.safetensors").is_file()
