@@ -11,7 +11,7 @@ from mapo_data.errors import MapoError
 
 EXAMPLES = """\
 examples:
-  mapo-train --recipe recipes/train/quickstart-tiny.yaml          # CPU, offline, about a minute
+  mapo-train --recipe recipes/train/quickstart-tiny.yaml          # CPU, offline, about 15 s
   mapo-train --recipe recipes/train/pick-style-pixel.yaml train.learning_rate=5e-6 data.path=runs/pixel
   mapo-train --recipe recipes/train/pick-style-pixel.yaml --resume latest
   accelerate launch --config_file recipes/accelerate/8gpu-zero2.yaml -m mapo_train --recipe recipes/train/pickapic-v2.yaml
