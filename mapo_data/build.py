@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -335,12 +334,7 @@ def _check_out_folder(out: Path, config: BuildConfig, is_main: bool, pipeline: d
     config_path = out / STATE_DIR / "config.json"
     if config.overwrite:
         if is_main and out.exists():
-            for child in ("data", STATE_DIR, MANIFEST_NAME):
-                target = out / child
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            DatasetWriter(out).clear()
         return
     if config_path.is_file():
         old = read_json(config_path)

@@ -15,7 +15,6 @@ IN is never modified. OUT is a new folder in the same pair format:
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -271,10 +270,7 @@ def _prepare_out(config: CurateConfig, settings: dict[str, Any]) -> None:
 
 
 def _clean_out(out: Path) -> None:
-    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    shutil.rmtree(out / "data", ignore_errors=True)
-    for name in OWNED_FILES:
-        (out / name).unlink(missing_ok=True)
+    DatasetWriter(out).clear(extra=OWNED_FILES)
 
 
 def _sidecar(out: Path, index: int) -> Path:

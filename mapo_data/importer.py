@@ -43,7 +43,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import sys
 import time
 from collections import Counter
@@ -797,12 +796,7 @@ def _check_out_folder(out: Path, config: ImportConfig, ident: dict[str, Any]) ->
         raise MapoError(f"--out {out} exists and is not a folder")
     config_path = out / STATE_DIR / "config.json"
     if config.overwrite:
-        for child in ("data", STATE_DIR, MANIFEST_NAME):
-            target = out / child
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        DatasetWriter(out).clear()
         return
     if config_path.is_file():
         old = read_json(config_path)

@@ -464,10 +464,8 @@ def write_candidates_file(out: Path, records: list[dict[str, Any]]) -> None:
 def prepare_ranked_folder(config: BuildConfig, is_main: bool) -> DatasetWriter:
     """The writer of ``--keep-candidates DIR``: refuses DIR = the pair folder or a file, clears it
     with --overwrite and removes a killed run's temporaries (main process)."""
-    import shutil
 
-    from mapo_data.schema import MANIFEST_NAME
-    from mapo_data.shards import STATE_DIR, DatasetWriter
+    from mapo_data.shards import DatasetWriter
 
     assert config.judged is not None and config.judged.keep_candidates
     folder = Path(config.judged.keep_candidates)
@@ -478,12 +476,7 @@ def prepare_ranked_folder(config: BuildConfig, is_main: bool) -> DatasetWriter:
     writer = DatasetWriter(folder)
     if is_main:
         if config.overwrite and folder.is_dir():
-            for child in ("data", STATE_DIR, MANIFEST_NAME):
-                target = folder / child
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            writer.clear()
         writer.remove_stale_temporaries()
     return writer
 

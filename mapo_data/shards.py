@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -228,6 +229,16 @@ class DatasetWriter:
         if shard is None or shard.stat().st_size != info.bytes:
             return None
         return info
+
+    def clear(self, extra: tuple[str, ...] = ()) -> None:
+        """Remove what our tools write in this folder (shards, state, manifest, and ``extra``
+        top-level files), for ``--overwrite``; anything else the user keeps there stays."""
+        for name in ("data", STATE_DIR, MANIFEST_NAME, *extra):
+            target = self.root / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
 
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files a killed run left behind (hidden ``.*.tmp``); returns how many."""

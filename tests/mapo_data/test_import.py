@@ -17,24 +17,13 @@ import pytest
 from PIL import Image
 
 from mapo_data.build import chosen_column
-from mapo_data.cli import main
 from mapo_data.images import UndecodableImage, decode_image
 from mapo_data.importer import ImportConfig, prepare_image, run_import
 from mapo_data.verify import verify_dataset
 from tests.hostile.images import image_cases
+from tests.mapo_data.test_build import run_cli
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "train" / "quickstart-tiny.yaml"
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run `mapo-data` in-process through its real entry point; return (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def encoded(
