@@ -60,6 +60,21 @@ def _umask_mode() -> int:
     return 0o666 & ~mask
 
 
+def give_umask_mode(*paths: str | Path) -> None:
+    """Give each file in ``paths``, and every file under each folder in ``paths``, the mode a plain
+    ``open()`` would (0644 under umask 022).
+
+    Writers that go through a temporary file create it owner-only (0600): ``mkstemp``, and
+    safetensors itself (>= 0.8 writes ``save_file`` / ``save_pretrained`` / ``save_state`` that
+    way). Call this once a finished output is in place. Missing paths are skipped."""
+    mode = _umask_mode()
+    for path in map(Path, paths):
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        for file in files:
+            if not file.is_symlink():
+                os.chmod(file, mode)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a hidden temporary file beside ``path``, fsync, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)

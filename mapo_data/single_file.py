@@ -463,6 +463,8 @@ def write_single_file(
 
     from safetensors.torch import save_file
 
+    from mapo_data.shards import give_umask_mode
+
     state = to_original(
         _cpu_state(unet),
         _cpu_state(vae),
@@ -475,6 +477,7 @@ def write_single_file(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     save_file(state, str(partial), metadata={"format": "pt", **dict(metadata or {})})
+    give_umask_mode(partial)  # safetensors writes owner-only (0600) files
     os.replace(partial, target)
     return target
 

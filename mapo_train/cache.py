@@ -49,7 +49,7 @@ import torch
 
 from mapo_data.errors import MapoError
 from mapo_data.schema import LABEL_RULE_VERSION
-from mapo_data.shards import atomic_write_json, read_json
+from mapo_data.shards import atomic_write_json, give_umask_mode, read_json
 from mapo_train.config import RunConfig
 from mapo_train.data import (
     IndexedLoaderMixin,
@@ -293,6 +293,7 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        give_umask_mode(tmp)  # mkstemp and safetensors both create owner-only (0600) files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

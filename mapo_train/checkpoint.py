@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mapo_data.errors import MapoError
+from mapo_data.shards import give_umask_mode
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -66,6 +67,7 @@ def save_checkpoint(accelerator, out: Path, step: int, state: dict[str, Any], ke
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
+        give_umask_mode(staging)  # safetensors writes owner-only (0600) files
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

@@ -91,7 +91,7 @@ class DataConfig:
     cache: str = "off"
     """Latent/text cache: `off` (encode on the fly), `auto` (keyed folder under $MAPO_CACHE or ~/.cache/mapo/train-cache, built when missing), or a folder to keep keyed caches in. Fixes the crop per pair (see mapo_train/cache.py)."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Dtype of cached latents and text embeddings; float16 halves the disk, float32 matches the on-the-fly path exactly."""
+    """Dtype of cached latents and text embeddings; float16 halves the disk, float32 matches the on-the-fly path up to fp32 rounding (the VAE encodes other batch shapes)."""
     cache_shard_size: int = 256
     """Pairs per cache shard (the unit of resume and of work split across processes)."""
     cache_batch_size: int = 8

@@ -129,8 +129,14 @@ def check_pair_files(files: list[str]) -> dict[str, Any]:
     """
     from mapo_data.reader import check_pair_file
 
-    schemas = [check_pair_file(file).schema_arrow for file in files]
-    return _common_features(files, schemas)
+    opened = [check_pair_file(file) for file in files]
+    if sum(pf.metadata.num_rows for pf in opened) == 0:
+        # `datasets` would say only 'Instruction "train" corresponds to no data'.
+        raise MapoError(
+            f"no pairs to train on: {', '.join(files) if len(files) <= 3 else f'{len(files)} files'} "
+            "hold 0 rows (a curate run that kept nothing?)"
+        )
+    return _common_features(files, [pf.schema_arrow for pf in opened])
 
 
 def _common_features(files: list[str], schemas: list) -> dict[str, Any]:

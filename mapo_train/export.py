@@ -177,8 +177,11 @@ def kohya_state_dict(
 def _write_safetensors(target: Path, state: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
+    from mapo_data.shards import give_umask_mode
+
     partial = target.with_name(target.name + ".partial")
     save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata={"format": "pt"})
+    give_umask_mode(partial)  # safetensors writes owner-only (0600) files
     os.replace(partial, target)
     return target
 

@@ -297,6 +297,8 @@ def save_weights(unet, out: Path, finetune: str) -> Path:
     """Save the trained result: ``out/unet`` (diffusers, safetensors) or LoRA weights in ``out``
     (``pytorch_lora_weights.safetensors`` with the adapter settings in its metadata, so that
     ``load_lora_weights`` applies the strength the adapter was trained with)."""
+    from mapo_data.shards import give_umask_mode
+
     if finetune == "lora":
         from diffusers import StableDiffusionXLPipeline
 
@@ -305,6 +307,9 @@ def save_weights(unet, out: Path, finetune: str) -> Path:
             unet_lora_layers=lora_state_dict(unet),
             unet_lora_adapter_metadata=lora_adapter_metadata(unet),
         )
-        return out / "pytorch_lora_weights.safetensors"
-    unet.save_pretrained(out / "unet", safe_serialization=True)
-    return out / "unet"
+        saved = out / "pytorch_lora_weights.safetensors"
+    else:
+        unet.save_pretrained(out / "unet", safe_serialization=True)
+        saved = out / "unet"
+    give_umask_mode(saved)  # safetensors writes owner-only (0600) files
+    return saved

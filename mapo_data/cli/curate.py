@@ -7,6 +7,7 @@ import shlex
 import typer
 
 from mapo_data.cli.app import app
+from mapo_data.errors import MapoError
 from mapo_data.text import plural
 
 # Options that change how a run looks, not what it produces: left out of the recorded command.
@@ -115,3 +116,13 @@ def curate(
         f"dropped: {dropped}; ties seen: {report['ties']['seen']}"
     )
     typer.echo(f"wrote {result.out} (report: {result.out / 'curation_report.md'})")
+    if report["kept"] == 0 and report["input"]["pairs"] > 0:
+        # An empty dataset verifies and loads, so nothing later would say why training has no
+        # data: say it here, and fail, so a script stops at the step that emptied it.
+        hint = (
+            "; the pairs' two images are near-identical (as with the random tiny model): "
+            "--max-phash-distance -1 keeps them"
+            if report["dropped"].get("near_identical")
+            else ""
+        )
+        raise MapoError(f"no pair survived curation (dropped: {dropped}){hint}", exit_code=1)

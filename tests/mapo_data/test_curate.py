@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from mapo_data.curate import CurateConfig, curate
 from mapo_data.verify import verify_dataset
@@ -23,6 +24,8 @@ from tests.mapo_data.pairs_factory import (
     write_mapo_dataset,
     write_pickapic_parquet,
 )
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "train" / "quickstart-tiny.yaml"
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -449,3 +452,37 @@ def test_pairs_of_one_prompt_may_share_images_but_not_across_prompts(tmp_path, c
     code, stdout, _ = run_cli(capsys, *args)
     assert code == 0 and "duplicate_image 1" in stdout
     assert pq.read_table(out / "data").to_pylist() == kept
+
+
+def test_curating_away_every_pair_fails_and_says_why(tmp_path, capsys):
+    """Near-identical pairs (as the random tiny model renders them) all dropped: the run still
+    writes its report but exits 1 naming the reasons and the option that keeps them, and training
+    on the empty result says it has no pairs (not datasets' 'corresponds to no data')."""
+    from mapo_train import cli as train_cli
+
+    rows = [
+        {"caption": f"pair {k}", "jpg_0": encode(noise(950 + k)), "jpg_1": encode(noise(950 + k)),
+         "label_0": 1.0, "label_1": 0.0}
+        for k in range(3)
+    ]  # fmt: skip
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), src / "train-00000.parquet")
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli(capsys, "curate", str(src), "--out", str(out), "--no-progress")
+    assert code == 1 and "kept 0 of 3 pairs" in stdout
+    assert stderr.strip().splitlines() == [
+        "error: no pair survived curation (dropped: near_identical 3); the pairs' two images are "
+        "near-identical (as with the random tiny model): --max-phash-distance -1 keeps them"
+    ]
+    assert (out / "curation_report.md").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        train_cli.main(
+            ["--recipe", str(QUICKSTART), f"data.path={out}", f"train.output_dir={tmp_path / 'run'}"]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no pairs to train on: ") and err[-1].endswith(
+        "hold 0 rows (a curate run that kept nothing?)"
+    )
+    assert not (tmp_path / "run").exists()
