@@ -21,7 +21,7 @@ EVAL_END = "<!-- mapo-eval:end -->"
 TEMPLATE = """\
 ---
 library_name: diffusers
-{%- if not tiny %}
+{%- if not tiny and not single %}
 base_model: {{ base_model }}
 {%- endif %}
 {%- if dataset_id %}
@@ -56,11 +56,26 @@ from diffusers import StableDiffusionXLPipeline{% if not lora %}, UNet2DConditio
 from mapo_data.tiny import tiny_model_path  # the built-in tiny test model
 
 base = str(tiny_model_path())
+{%- elif tiny_file %}
+# diffusers' from_single_file cannot tell the tiny model's two text encoders apart (both are 32
+# wide) and reads text_encoder_2 wrong; mapo's loader reads every part of the file exactly.
+from mapo_data.single_file import load_components
+
+base = "{{ base_model }}"
 {%- else %}
 
 base = "{{ base_model }}"
 {%- endif %}
+{%- if tiny_file %}
+parts = load_components(base, "tiny")
 {%- if lora %}
+pipe = StableDiffusionXLPipeline(**parts)
+pipe.load_lora_weights("{{ load_path }}")  # at the trained strength: the file holds rank and alpha
+{%- else %}
+parts["unet"] = UNet2DConditionModel.from_pretrained("{{ load_path }}", subfolder="unet", dtype={{ dtype }})
+pipe = StableDiffusionXLPipeline(**parts)
+{%- endif %}
+{%- elif lora %}
 pipe = StableDiffusionXLPipeline.{{ base_loader }}, dtype={{ dtype }})
 pipe.load_lora_weights("{{ load_path }}")  # at the trained strength: the file holds rank and alpha
 {%- else %}
@@ -187,6 +202,8 @@ def render_card(
     # The card is written with new weights, so a report already there judged earlier ones.
     eval_report = earlier_report(out)
     hub_id = t.hub_model_id if t.push_to_hub else None
+    single = is_single_file(cfg.model.pretrained)
+    tiny_file = single and cfg.model.config == TINY_MODEL_NAME
     return jinja2.Template(TEMPLATE).render(
         title=f"SDXL {cfg.loss.name.upper()} fine-tune" + (" (LoRA)" if lora else ""),
         method_sentence=_METHODS[cfg.loss.name],
@@ -202,12 +219,14 @@ def render_card(
         finetune="LoRA" if lora else "full UNet fine-tune",
         lora=lora,
         tiny=cfg.model.pretrained == TINY_MODEL_NAME,
+        tiny_file=tiny_file,
+        single=single,  # a local file is no Hub base_model id
         # The tiny model is for the CPU, where fp16 is slow or unsupported.
-        dtype="torch.float32" if cfg.model.pretrained == TINY_MODEL_NAME else "torch.float16",
+        dtype="torch.float32" if cfg.model.pretrained == TINY_MODEL_NAME or tiny_file else "torch.float16",
         load_path=hub_id or str(out),
         # A single-file base borrows its configs and tokenizers from model.config.
         base_loader=f'from_single_file(base, config="{cfg.model.config}"'
-        if is_single_file(cfg.model.pretrained)
+        if single
         else "from_pretrained(base",
         files=files_section(out, lora),
         loss_name=cfg.loss.name,

@@ -8,6 +8,7 @@ only a hidden ``.tmp`` folder, ignored and cleaned up later). Saving goes throug
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import shutil
@@ -46,7 +47,12 @@ def resolve_resume(out: Path, resume: str) -> Path:
         if found is None:
             raise MapoError(f"--resume latest: no checkpoint in {out}")
         return found
-    path = Path(resume)
+    path = Path(resume).expanduser()
+    if not path.exists():
+        hint = " (did you mean latest?)" if difflib.get_close_matches(resume, ["latest"], cutoff=0.6) else ""
+        raise MapoError(
+            f"--resume {resume}: no such checkpoint folder{hint}; give latest or a checkpoint-* folder"
+        )
     if not (path / STATE_FILE).is_file():
         raise MapoError(f"--resume {resume}: not a complete checkpoint folder (no {STATE_FILE})")
     return path

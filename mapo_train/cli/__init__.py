@@ -11,6 +11,7 @@ mapo-train export RUN --to single-file|kohya-lora                               
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from mapo_data.errors import MapoError
@@ -52,6 +53,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"interrupted{_RESUME_HINTS.get(argv[0] if argv else '', _RESUME_HINTS[''])}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `mapo-train --keys | head`: the reader has what it wanted
+        # Python's documented remedy: point stdout at devnull so the exit-time flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     sys.exit(code)
+
+
+# What Ctrl-C leaves and how to go on, by command (training is the default command).
+_RESUME_HINTS = {
+    "": ": checkpoints already written are kept; add --resume latest to the same command to continue",
+    "cache": ": completed cache shards are kept; rerun the same command to resume",
+    "eval": "",
+    "export": "",
+}

@@ -21,6 +21,7 @@ examples:
 subcommands:
   mapo-train eval ...    compare base and fine-tuned models (mapo-train eval --help)
   mapo-train cache ...   precompute latents and text embeddings (mapo-train cache --help)
+  mapo-train export ...  write a finished run as a single-file checkpoint or kohya LoRA (mapo-train export --help)
 """
 
 

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from mapo_train.card import EVAL_END, EVAL_START
+from mapo_train.eval.prompts import run_config_file
 
 CARD = "README.md"
-RUN_MARKER = "training_config.yaml"
 
 
 def run_folder(spec: str) -> Path | None:
-    """The mapo-train run folder a --tuned spec points into (the run, its unet/ or its LoRA file)."""
-    path = Path(spec).expanduser()
-    for candidate in (path, path.parent):
-        if candidate.is_dir() and (candidate / CARD).is_file() and (candidate / RUN_MARKER).is_file():
-            return candidate
+    """The mapo-train run folder a --tuned spec points into (the run, its unet/ or its LoRA file):
+    the same folder whose training_config.yaml the held-out prompt check reads."""
+    config = run_config_file(spec)
+    if config is not None and (config.parent / CARD).is_file():
+        return config.parent
     return None
 
 
@@ -42,10 +42,20 @@ def eval_section(report: dict[str, Any], label: str, report_link: str) -> str:
     held_note = (
         f"none of them in the training data {held}" if held else "not checked against the training data"
     )
+    mine_kind = next((m.get("kind") for m in report["models"] if m["label"] == label), None)
+    scale = settings.get("lora_scale", 1.0)
+    # Numbers measured at another strength than trained must not read as the run's own.
+    scale_note = (
+        f" The LoRA was applied at {scale:g} times its trained strength (`--lora-scale {scale:g}`), "
+        "not as trained."
+        if mine_kind == "LoRA" and scale != 1.0
+        else ""
+    )
     lines = [
         f"Evaluated with `mapo-train eval` against the base `{base['source']}` on {prompts['num_prompts']} "
         f"prompts ({held_note}), {settings['images_per_prompt']} image(s) per prompt, the same seeds for "
         "every model, the context prompt alone (no style prefix)."
+        + scale_note
         + (f" Compared in the same run: {', '.join(others)}." if others else ""),
         "",
         f"| judge | this model | base | prompts won against the base [{conf}% CI] |",

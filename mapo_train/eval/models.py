@@ -56,7 +56,9 @@ def resolve_tuned(spec: str) -> TunedSource:
     if path.is_file():
         if path.suffix not in (".safetensors", ".bin"):
             raise MapoError(f"--tuned {spec}: a file must be LoRA weights (.safetensors)")
-        return TunedSource(spec, "lora", str(path))
+        # A run's own weights file: its training_config.yaml beside it still says what it was trained on.
+        config = path.parent / TRAINING_CONFIG
+        return TunedSource(spec, "lora", str(path), str(config) if config.is_file() else None)
     if path.is_dir():
         config = path / "training_config.yaml"
         training_config = str(config) if config.is_file() else None

@@ -101,6 +101,22 @@ def training_captions(dataset: str, split: str = "train", ties: str = "keep") ->
     return captions
 
 
+def run_config_file(spec: str) -> Path | None:
+    """The training_config.yaml of the mapo-train run a --tuned ``spec`` points into: the run folder
+    itself, or a file or folder directly inside it (its LoRA weights file, its ``unet/``)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        folders: tuple[Path, ...] = (path, path.parent)
+    elif path.is_file():
+        folders = (path.parent,)
+    else:
+        return None  # a Hub id
+    for folder in folders:
+        if (folder / TRAINING_CONFIG).is_file():
+            return folder / TRAINING_CONFIG
+    return None
+
+
 def dataset_from_run(tuned: list[str]) -> tuple[str, str] | None:
     """(data.path, data.split) that a run folder's training_config.yaml records, if any.
 
@@ -110,8 +126,8 @@ def dataset_from_run(tuned: list[str]) -> tuple[str, str] | None:
     import yaml
 
     for source in tuned:
-        config = Path(source) / TRAINING_CONFIG
-        if not config.is_file():
+        config = run_config_file(source)
+        if config is None:
             continue
         try:
             data = yaml.safe_load(config.read_text()) or {}
@@ -130,7 +146,9 @@ def ties_from_run(tuned: list[str]) -> str:
     import yaml
 
     for source in tuned:
-        config = Path(source) / TRAINING_CONFIG
+        config = run_config_file(source)
+        if config is None:
+            return "keep"
         try:
             data = yaml.safe_load(config.read_text()) or {}
         except (OSError, yaml.YAMLError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mapo_data.errors import MapoError
 from mapo_train import hub
@@ -45,6 +46,43 @@ def test_tiny_card_code_runs(tmp_path, tiny_model_path):
     namespace: dict = {}
     exec(code, namespace)
     assert namespace["pipe"].unet.dtype == namespace["torch"].float32
+
+
+def test_card_code_for_a_tiny_single_file_base_runs(tmp_path, tiny_model_path):
+    """Trained from the tiny model as one file (model.config=tiny): diffusers knows no `tiny` config
+    and reads tiny's text_encoder_2 wrong, so the snippet loads the file with mapo's loader, in fp32."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from mapo_data.single_file import write_single_file
+
+    p = StableDiffusionXLPipeline.from_pretrained(tiny_model_path)
+    single = write_single_file(tmp_path / "tiny.safetensors", p.unet, p.vae, p.text_encoder, p.text_encoder_2)
+    with torch.no_grad():
+        p.unet.conv_in.bias.add_(1.0)  # "trained": differs from the base in the file
+    p.unet.save_pretrained(tmp_path / "unet")
+    text = card(tmp_path, f"model.pretrained={single}", "model.config=tiny")
+    assert "base_model:" not in text.split("---")[1]
+    snippet = text.split("```python\n")[1].split("```")[0]
+    assert 'config="tiny"' not in snippet and "float16" not in snippet
+    namespace: dict = {}
+    exec(snippet.rsplit("image = ", 1)[0], namespace)  # everything up to rendering
+    pipe = namespace["pipe"]
+    for name, want in (
+        ("unet", p.unet),
+        ("vae", p.vae),
+        ("text_encoder", p.text_encoder),
+        ("text_encoder_2", p.text_encoder_2),
+    ):
+        got, expected = getattr(pipe, name).state_dict(), want.state_dict()
+        assert set(got) == set(expected), name
+        assert all(torch.equal(got[k], expected[k]) for k in expected), name
+    assert pipe.unet.dtype == torch.float32
+    lora_text = card(tmp_path, f"model.pretrained={single}", "model.config=tiny", "model.finetune=lora")
+    lora_snippet = lora_text.split("```python\n")[1].split("```")[0]
+    assert 'parts = load_components(base, "tiny")\npipe = StableDiffusionXLPipeline(**parts)\n' in lora_snippet
+    # A real SDXL single file borrows its configs from a diffusers folder diffusers can read.
+    real = card(tmp_path, f"model.pretrained={single}", f"model.config={tiny_model_path}")
+    assert f'StableDiffusionXLPipeline.from_single_file(base, config="{tiny_model_path}", unet=unet' in real
 
 
 def test_lora_dpo_card_and_eval_link(tmp_path):

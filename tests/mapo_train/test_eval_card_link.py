@@ -54,6 +54,16 @@ def test_eval_section_has_this_models_numbers():
     assert "50.0% [20.0%, 80.0%]" not in text  # dpo's numbers belong on dpo's card
 
 
+def test_eval_section_states_a_lora_scale_other_than_trained():
+    scaled = {**REPORT, "settings": {**REPORT["settings"], "lora_scale": 0.5}}
+    note = " The LoRA was applied at 0.5 times its trained strength (`--lora-scale 0.5`), not as trained."
+    assert note in eval_section(scaled, "dpo", "eval/report.md")
+    assert "--lora-scale" not in eval_section(scaled, "mapo", "eval/report.md")  # a full UNet: no scale
+    assert "--lora-scale" not in eval_section(REPORT, "dpo", "eval/report.md")  # no setting: 1.0
+    as_trained = {**REPORT, "settings": {**REPORT["settings"], "lora_scale": 1.0}}
+    assert "--lora-scale" not in eval_section(as_trained, "dpo", "eval/report.md")
+
+
 def test_update_replaces_only_the_marked_span():
     card = f"# Model\n\n## Evaluation\n\n{EVAL_START}\nNot evaluated yet.\n{EVAL_END}\n\nMy own notes.\n"
     once = update_card_text(card, "first")
@@ -79,6 +89,7 @@ def test_cards_of_run_folders_link_the_report(tmp_path):
         run = tmp_path / "runs" / name
         run.mkdir(parents=True)
         (run / "training_config.yaml").write_text("model:\n  pretrained: tiny\n")
+        (run / "pytorch_lora_weights.safetensors").write_bytes(b"{}")
         (run / "README.md").write_text(
             render_card(cfg, out=run, steps=1, num_pairs=2, ties_dropped=0, effective_batch=1)
         )

@@ -108,6 +108,16 @@ def test_dataset_from_run_reads_the_training_config(tmp_path):
     assert dataset_from_run([str(run)]) is None
     (run / "training_config.yaml").write_text(f"data:\n  path: {dataset}\n  split: dev\n")
     assert dataset_from_run(["not-a-folder", str(run)]) == (str(dataset), "dev")
+    # The run's weights file or unet/ folder is the run: its training_config.yaml sits beside it.
+    weights = run / "pytorch_lora_weights.safetensors"
+    weights.write_bytes(b"{}")
+    (run / "unet").mkdir()
+    assert dataset_from_run([str(weights)]) == (str(dataset), "dev")
+    assert dataset_from_run([str(run / "unet")]) == (str(dataset), "dev")
+    lone = tmp_path / "elsewhere" / "pytorch_lora_weights.safetensors"  # a LoRA from outside a run
+    lone.parent.mkdir()
+    lone.write_bytes(b"{}")
+    assert dataset_from_run([str(lone)]) is None
     (run / "training_config.yaml").write_text("data:\n  path: someone/hub-dataset\n")
     assert dataset_from_run([str(run)]) == ("someone/hub-dataset", "train")
     # A local path that does not exist here (trained on another machine) cannot be checked.

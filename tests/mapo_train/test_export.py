@@ -6,6 +6,7 @@ strength; ``mapo-train export`` gives the same files after the fact."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -56,12 +57,15 @@ def _config(tmp: Path, name: str, model: dict, extra: dict | None = None, export
 def _train(cfg):
     from accelerate.state import AcceleratorState, GradientState
 
+    # Under the usual umask, so that the files' modes can be checked (test_every_file_...).
+    mask = os.umask(0o022)
     try:
         run = setup(cfg)
         fit(run)
         result = finish(run)
         output = unet_output(run.accelerator.unwrap_model(run.unet))
     finally:
+        os.umask(mask)
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
     return result, output
@@ -136,7 +140,8 @@ def test_the_exported_single_file_reads_back_to_the_trained_and_base_weights(ful
     assert not torch.equal(unet.state_dict()["conv_in.weight"], base.unet.state_dict()["conv_in.weight"])
     card = (out / "README.md").read_text()
     assert f"| `{SINGLE_FILE_NAME}` | one SDXL checkpoint" in card and "ComfyUI" in card
-    assert 'from_single_file(base, config="tiny"' in card  # the snippet loads the single-file base
+    # The snippet loads the single-file base with mapo's loader (diffusers misreads tiny's encoder 2).
+    assert 'parts = load_components(base, "tiny")' in card
 
 
 def test_export_after_the_fact_writes_the_same_bytes(full_runs, tmp_path, capsys):
@@ -170,6 +175,7 @@ def lora_run(env):
         export=["diffusers", "kohya-lora"],
     )
     cfg.train.learning_rate = 1e-2  # LoRA's B matrices start at zero: make the effect measurable
+    cfg.train.checkpoint_every = 2  # one checkpoint, for test_every_file_a_run_writes_gets_the_umask_mode
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -204,6 +210,30 @@ def test_kohya_lora_reloads_at_the_trained_strength(lora_run, tiny_model_path, t
     assert effect > 1e-3 and (unet_output(weak.unet) - trained).abs().mean() > 0.5 * effect
     card = (result.output_dir / "README.md").read_text()
     assert f"| `{KOHYA_LORA_NAME}` | kohya format with per-module alpha" in card
+
+
+def test_every_file_a_run_writes_gets_the_umask_mode(full_runs, lora_run):
+    """safetensors (>= 0.8) writes through an owner-only temporary file; with umask 022 every file of
+    a run folder (weights, exports, checkpoints, card, logs) must still be 0644, like the parquet."""
+    _, full = full_runs
+    lora, _ = lora_run
+    files = {
+        f"{run.name}/{p.relative_to(run).as_posix()}": p
+        for run in (full.output_dir, lora.output_dir)
+        for p in run.rglob("*")
+        if p.is_file()
+    }
+    for expected in (
+        "from-file/unet/diffusion_pytorch_model.safetensors",
+        f"from-file/{SINGLE_FILE_NAME}",
+        "lora/pytorch_lora_weights.safetensors",
+        f"lora/{KOHYA_LORA_NAME}",
+        "lora/checkpoint-0000002/unet_lora.safetensors",
+        "lora/README.md",
+    ):
+        assert expected in files, expected
+    modes = {name: oct(path.stat().st_mode & 0o777) for name, path in files.items()}
+    assert {name: mode for name, mode in modes.items() if mode != oct(0o644)} == {}
 
 
 def test_the_cache_key_follows_the_single_file_content(env, tmp_path, monkeypatch):

@@ -285,3 +285,65 @@ def test_run_eval_resume_marks_the_report_out_of_date(tmp_path, pairs, capsys):
     )
     # The report itself is left as it was.
     assert json.loads((out / "eval" / "report.json").read_text())["models"][1]["source"] == str(out)
+
+
+@pytest.mark.parametrize(
+    ("resume", "expected"),
+    [
+        ("lates", "error: --resume lates: no such checkpoint folder (did you mean latest?); "
+         "give latest or a checkpoint-* folder"),
+        ("runs/nope", "error: --resume runs/nope: no such checkpoint folder; give latest or a checkpoint-* folder"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_resume_says_it_does_not_exist(
+    tmp_path, pairs, forbid_model_loading, capsys, resume, expected
+):
+    out = tmp_path / "run"
+    code, _, err = _main([*_argv(pairs, out), "--resume", resume], capsys)
+    assert (code, _last_line(err)) == (2, expected)
+    assert not out.exists()
+
+
+def test_help_lists_every_subcommand(capsys):
+    from mapo_train.cli import SUBCOMMANDS
+
+    code, out, _ = _main(["--help"], capsys)
+    assert code == 0
+    for name in SUBCOMMANDS:
+        assert f"mapo-train {name} ..." in out and f"(mapo-train {name} --help)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--recipe", "r.yaml"], "interrupted: checkpoints already written are kept; add --resume latest to the "
+         "same command to continue"),
+        (["cache", "--recipe", "r.yaml"], "interrupted: completed cache shards are kept; rerun the same command to "
+         "resume"),
+        (["eval", "--tuned", "x"], "interrupted"),
+    ],
+)  # fmt: skip
+def test_ctrl_c_says_how_to_go_on(monkeypatch, capsys, argv, expected):
+    import mapo_train.cli as cli_package
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_package, "run", interrupted)
+    code, _, err = _main(argv, capsys)
+    assert (code, err) == (130, expected + "\n")
+
+
+def test_keys_piped_into_head_ends_quietly():
+    """`mapo-train --keys | head`: the reader closes the pipe early; the writer stops without a
+    BrokenPipeError traceback. The pipe is closed before anything is written, so the write fails
+    every time (a short output would otherwise fit in the pipe's buffer)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mapo_train", "--keys"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

@@ -212,3 +212,7 @@ def test_eval_counts_only_trained_captions_as_trained(tmp_path):
     assert ties_from_run([str(run)]) == "drop"  # the trainer's default
     (run / "training_config.yaml").write_text(f"data:\n  path: {dataset}\n  ties: keep\n")
     assert ties_from_run([str(run)]) == "keep"
+    # The run's weights file stands for the run: its training_config.yaml is beside it.
+    (run / "training_config.yaml").write_text(f"data:\n  path: {dataset}\n")
+    (run / "pytorch_lora_weights.safetensors").write_bytes(b"{}")
+    assert ties_from_run([str(run / "pytorch_lora_weights.safetensors")]) == "drop"
