@@ -82,7 +82,11 @@ class JudgedConfig:
         if not self.judges:
             raise MapoError("build judged needs at least one --judge (e.g. --judge pickscore)")
         for spec in self.judges:
-            parse_judge_spec(spec)
+            if parse_judge_spec(spec)[0] == "clip" and not (self.preferred and self.dispreferred):
+                raise MapoError(
+                    f"--judge {spec} compares each image with two descriptions: give --preferred-text "
+                    "and --dispreferred-text (or use clipscore:MODEL to score images against their prompt)"
+                )
         if self.weights is not None:
             self.weights = tuple(float(w) for w in self.weights)
             if len(self.weights) != len(self.judges):

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -94,6 +95,10 @@ def resolve(
         raise MapoError(f"{what} is empty: give a local path or a Hub id{tail}")
     if builtins and value in builtins:
         return str(builtins[value]())
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+        raise MapoError(
+            f"{what} {value}: a URL; mapo reads local files and Hub ids only, so download it first"
+        )
     local = Path(value).expanduser()
     if local.exists():
         return str(local)

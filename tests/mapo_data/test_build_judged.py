@@ -412,6 +412,11 @@ def test_import_card_without_scores_has_no_histogram(tmp_path, capsys):
         (["build", "judged", "--judge", "clipscore:tiny", "--min-margin", "-1"], "--min-margin must be"),
         (["build", "judged", "--judge", "pickscorex"], "unknown judge 'pickscorex'"),
         (
+            ["build", "judged", "--judge", "clip:tiny"],
+            "--judge clip:tiny compares each image with two descriptions: give --preferred-text and "
+            "--dispreferred-text",
+        ),
+        (
             ["build", "pick-style", "--split", "pixel", "--judge", "clipscore:tiny"],
             "only apply to build judged",
         ),

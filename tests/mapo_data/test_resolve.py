@@ -262,3 +262,16 @@ def test_subprocess_without_offline_mode_names_both_places(tmp_path):
         "error: prompt source runs/prompts: no local file or folder of that name, and no copy in the local "
         f"Hugging Face cache; {UNREACHABLE}\n"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/pairs.parquet", "s3://bucket/pairs", "hf://datasets/a/b"]
+)
+def test_a_url_is_refused_at_once_by_name(url, hub_not_offline):
+    with pytest.raises(MapoError) as info:
+        resolve(url, "SOURCE", repo_type="dataset")
+    assert (
+        str(info.value)
+        == f"SOURCE {url}: a URL; mapo reads local files and Hub ids only, so download it first"
+    )
+    assert hub_not_offline == []

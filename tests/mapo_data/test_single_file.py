@@ -118,6 +118,60 @@ def _images(folder: Path) -> list[bytes]:
     return [table[c].iloc[i] for i in range(len(table)) for c in ("jpg_0", "jpg_1")]
 
 
+def _pipeline_parts_equal(pipe, want: dict) -> dict[str, bool]:
+    """Per component: every weight loaded (none left on the meta device) and equal to ``want``'s."""
+    result = {}
+    for name, model in want.items():
+        got, expected = getattr(pipe, name).state_dict(), model.state_dict()
+        result[name] = set(got) == set(expected) and all(
+            got[k].device.type != "meta" and torch.equal(got[k], expected[k]) for k in expected
+        )
+    return result
+
+
+def test_diffusers_pipeline_misreads_only_tiny_text_encoder_2(single_file, tiny_parts, tiny_model_path):
+    """What the README says: diffusers' pipeline loader tells the text encoders apart by width, and
+    tiny's are both 32 wide, so its text_encoder_2 gets the first encoder's weights. Should diffusers
+    learn to tell them apart, this fails: then the README and the tiny model card can say so."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_single_file(
+        str(single_file), config=str(tiny_model_path), local_files_only=True
+    )
+    parts = ("unet", "vae", "text_encoder", "text_encoder_2")
+    assert _pipeline_parts_equal(pipe, {n: getattr(tiny_parts, n) for n in parts}) == {
+        "unet": True,
+        "vae": True,
+        "text_encoder": True,
+        "text_encoder_2": False,
+    }
+    assert pipe.text_encoder_2.state_dict()["text_projection.weight"].device.type == "meta"
+
+
+def test_diffusers_pipeline_reads_every_part_when_the_encoder_widths_differ(tiny_parts, tiny_model_path, tmp_path):
+    """SDXL's encoders are 768 and 1280 wide; a tiny variant whose text_encoder_2 is 48 wide (and a
+    UNet that attends to 32 + 48 features) stands for it: the whole pipeline reads back exactly."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    folder = tmp_path / "wide"
+    shutil.copytree(tiny_model_path, folder)
+    config = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
+    config.hidden_size = 48
+    torch.manual_seed(0)
+    text_encoder_2 = CLIPTextModelWithProjection(config)
+    shutil.rmtree(folder / "text_encoder_2")
+    text_encoder_2.save_pretrained(folder / "text_encoder_2")
+    unet = UNet2DConditionModel.from_config({**tiny_parts.unet.config, "cross_attention_dim": 32 + 48})
+    shutil.rmtree(folder / "unet")
+    unet.save_pretrained(folder / "unet")
+    p = tiny_parts
+    file = write_single_file(tmp_path / "wide.safetensors", unet, p.vae, p.text_encoder, text_encoder_2)
+    pipe = StableDiffusionXLPipeline.from_single_file(str(file), config=str(folder), local_files_only=True)
+    want = {"unet": unet, "vae": p.vae, "text_encoder": p.text_encoder, "text_encoder_2": text_encoder_2}
+    assert _pipeline_parts_equal(pipe, want) == dict.fromkeys(want, True)
+
+
 def test_build_from_the_single_file_gives_the_folder_images(single_file, tmp_path, capsys):
     code, _, err = run_cli([*BUILD, "--model", "tiny", "--out", str(tmp_path / "folder")], capsys)
     assert code == 0, err
