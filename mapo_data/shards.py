@@ -69,9 +69,9 @@ def give_umask_mode(*paths: str | Path) -> None:
     way). Call this once a finished output is in place. Missing paths are skipped."""
     mode = _umask_mode()
     for path in map(Path, paths):
-        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+        files = path.rglob("*") if path.is_dir() else [path]
         for file in files:
-            if not file.is_symlink():
+            if file.is_file() and not file.is_symlink():
                 os.chmod(file, mode)
 
 

@@ -278,7 +278,9 @@ def files_section(out: Path, lora: bool) -> str:
             (
                 SINGLE_FILE_NAME,
                 "one SDXL checkpoint (trained UNet, the base's VAE and text encoders): ComfyUI "
-                "(`models/checkpoints`), A1111/Forge (`models/Stable-diffusion`), diffusers `from_single_file`",
+                "(`models/checkpoints`), A1111/Forge (`models/Stable-diffusion`), diffusers `from_single_file` "
+                "(not for the tiny model, whose two equally wide text encoders diffusers confuses: "
+                "`mapo_data.single_file.load_components`)",
                 (out / SINGLE_FILE_NAME).is_file(),
             ),
         ]

@@ -57,6 +57,8 @@ app = _Typer(
         "Example: mapo-data build pick-style --split pixel --model tiny --num-pairs 32 --out runs/pixel"
     ),
     no_args_is_help=True,
+    # -h as well as --help, as mapo-train (argparse) and most tools accept.
+    context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
     pretty_exceptions_enable=False,
 )

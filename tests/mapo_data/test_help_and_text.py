@@ -32,9 +32,9 @@ EXAMPLE_HEADING = re.compile(r"^\W*examples?:", re.IGNORECASE | re.MULTILINE)
 BRACED_NAME = re.compile(r"\{[a-z_]+\}")
 
 
-def help_of(capsys, monkeypatch, *command: str) -> str:
+def help_of(capsys, monkeypatch, *command: str, flag: str = "--help") -> str:
     monkeypatch.setenv("COLUMNS", "250")  # wide enough that no help text wraps
-    code, out, err = run_cli(capsys, *command, "--help")
+    code, out, err = run_cli(capsys, *command, flag)
     assert code == 0, err
     return out
 
@@ -300,3 +300,9 @@ def test_model_loads_print_no_torchvision_warnings(tmp_path):
     assert curate.stdout.startswith("kept ")
     report = json.loads((tmp_path / "judged" / "curation_report.json").read_text())
     assert "judge" in report["filters"]
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_dash_h_is_help_too(command, capsys, monkeypatch):
+    words = [command] if command else []
+    assert help_of(capsys, monkeypatch, *words, flag="-h") == help_of(capsys, monkeypatch, *words)

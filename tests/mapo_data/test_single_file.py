@@ -148,7 +148,9 @@ def test_diffusers_pipeline_misreads_only_tiny_text_encoder_2(single_file, tiny_
     assert pipe.text_encoder_2.state_dict()["text_projection.weight"].device.type == "meta"
 
 
-def test_diffusers_pipeline_reads_every_part_when_the_encoder_widths_differ(tiny_parts, tiny_model_path, tmp_path):
+def test_diffusers_pipeline_reads_every_part_when_the_encoder_widths_differ(
+    tiny_parts, tiny_model_path, tmp_path
+):
     """SDXL's encoders are 768 and 1280 wide; a tiny variant whose text_encoder_2 is 48 wide (and a
     UNet that attends to 32 + 48 features) stands for it: the whole pipeline reads back exactly."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel

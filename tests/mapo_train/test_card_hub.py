@@ -79,7 +79,9 @@ def test_card_code_for_a_tiny_single_file_base_runs(tmp_path, tiny_model_path):
     assert pipe.unet.dtype == torch.float32
     lora_text = card(tmp_path, f"model.pretrained={single}", "model.config=tiny", "model.finetune=lora")
     lora_snippet = lora_text.split("```python\n")[1].split("```")[0]
-    assert 'parts = load_components(base, "tiny")\npipe = StableDiffusionXLPipeline(**parts)\n' in lora_snippet
+    assert (
+        'parts = load_components(base, "tiny")\npipe = StableDiffusionXLPipeline(**parts)\n' in lora_snippet
+    )
     # A real SDXL single file borrows its configs from a diffusers folder diffusers can read.
     real = card(tmp_path, f"model.pretrained={single}", f"model.config={tiny_model_path}")
     assert f'StableDiffusionXLPipeline.from_single_file(base, config="{tiny_model_path}", unet=unet' in real

@@ -47,7 +47,9 @@ def test_resolve_tuned_forms(tmp_path, tiny_model_path, lora, hub_cache):
     assert resolve_tuned(str(lora_file)).training_config is None  # no run around it
     (tmp_path / "lora-run" / "training_config.yaml").write_text("model:\n  pretrained: tiny\n")
     # The run's own weights file: the run's config still says what it was trained on.
-    assert resolve_tuned(str(lora_file)).training_config == str(tmp_path / "lora-run" / "training_config.yaml")
+    assert resolve_tuned(str(lora_file)).training_config == str(
+        tmp_path / "lora-run" / "training_config.yaml"
+    )
     with pytest.raises(MapoError, match="^--tuned someone/sdxl-mapo: no local file or folder of that name"):
         resolve_tuned("someone/sdxl-mapo")  # offline, and not in the cache
     (hub_cache / "models--someone--sdxl-mapo").mkdir(parents=True)
