@@ -62,17 +62,23 @@ def _umask_mode() -> int:
 
 def give_umask_mode(*paths: str | Path) -> None:
     """Give each file in ``paths``, and every file under each folder in ``paths``, the mode a plain
-    ``open()`` would (0644 under umask 022).
+    ``open()`` would (0644 under umask 022), and those folders the mode ``mkdir`` would (0755).
 
-    Writers that go through a temporary file create it owner-only (0600): ``mkstemp``, and
-    safetensors itself (>= 0.8 writes ``save_file`` / ``save_pretrained`` / ``save_state`` that
-    way). Call this once a finished output is in place. Missing paths are skipped."""
-    mode = _umask_mode()
+    Writers that go through a temporary file or folder create it owner-only: ``mkstemp`` (0600),
+    ``mkdtemp`` (0700), and safetensors itself (>= 0.8 writes ``save_file`` / ``save_pretrained`` /
+    ``save_state`` that way, 0600). Call this once a finished output is in place. Missing paths
+    are skipped; symbolic links are not followed."""
+    mask = os.umask(0)
+    os.umask(mask)
     for path in map(Path, paths):
-        files = path.rglob("*") if path.is_dir() else [path]
-        for file in files:
-            if file.is_file() and not file.is_symlink():
-                os.chmod(file, mode)
+        entries = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+        for entry in entries:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir():
+                os.chmod(entry, 0o777 & ~mask)
+            elif entry.is_file():
+                os.chmod(entry, 0o666 & ~mask)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -212,12 +212,16 @@ def write_folder_once(target: Path, done_file: str, write: Callable[[Path], None
     The folder is written beside the target and renamed, so a concurrent or interrupted writer
     never leaves a half-written model that looks complete.
     """
+    from mapo_data.shards import give_umask_mode
+
     if (target / done_file).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         write(staging)
+        # mkdtemp's folder is owner-only (0700), safetensors' files too (0600): a cache others can read.
+        give_umask_mode(staging)
         try:
             staging.rename(target)
         except OSError:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mapo_data.errors import MapoError
+from mapo_data.shards import give_umask_mode
 
 OUTPUT_SUFFIXES = (".parquet", ".txt", ".jsonl")
 # The Pick-a-Pic name of the context prompt column, so the file reads back with --column left out.
@@ -70,6 +71,7 @@ def _atomic_write(path: Path, write: Callable) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        give_umask_mode(staging)  # mkstemp creates it owner-only (0600)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

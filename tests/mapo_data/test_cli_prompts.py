@@ -37,11 +37,19 @@ def prompt_file(tmp_path):
 
 def test_writes_parquet_and_report(tmp_path, capsys, tiny_model_path):
     out = tmp_path / "out" / "prompts.parquet"
-    code, stdout, stderr = run_cli(
-        capsys, "--tokenizer", "tiny", "--preset", "pick-style", "--style-split", "pixel", "--num", "12",
-        "--seed", "3", "--out", str(out),
-    )  # fmt: skip
+    mask = os.umask(0o022)  # the files get the usual mode, not mkstemp's owner-only 0600
+    try:
+        code, stdout, stderr = run_cli(
+            capsys, "--tokenizer", "tiny", "--preset", "pick-style", "--style-split", "pixel", "--num", "12",
+            "--seed", "3", "--out", str(out),
+        )  # fmt: skip
+    finally:
+        os.umask(mask)
     assert code == 0, stderr
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.parent.iterdir()} == {
+        "prompts.parquet": "0o644",
+        "prompts.parquet.report.json": "0o644",
+    }
     table = pq.read_table(out)
     assert table.column_names == ["caption"]
     captions = table.column("caption").to_pylist()

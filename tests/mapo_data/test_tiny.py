@@ -1,4 +1,5 @@
 import json
+import os
 
 import torch
 
@@ -33,8 +34,19 @@ def test_tiny_model_is_built_deterministically(tmp_path, monkeypatch, tiny_model
     from safetensors.torch import load_file
 
     monkeypatch.setenv("MAPO_CACHE", str(tmp_path))
-    rebuilt = tiny.tiny_model_path()
+    mask = os.umask(0o022)
+    try:
+        rebuilt = tiny.tiny_model_path()
+    finally:
+        os.umask(mask)
     assert rebuilt != tiny_model_path and rebuilt.parent == tmp_path
+    # A cache others can read: not mkdtemp's 0700 folder nor safetensors' 0600 files.
+    modes = {
+        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [rebuilt, *rebuilt.rglob("*")]
+    }
+    assert modes[f"{rebuilt.name}/unet/diffusion_pytorch_model.safetensors"] == 0o644
+    wrong = {k: oct(m) for k, m in modes.items() if m != (0o755 if (tmp_path / k).is_dir() else 0o644)}
+    assert wrong == {}
     first = load_file(next((tiny_model_path / "unet").glob("*.safetensors")))
     second = load_file(next((rebuilt / "unet").glob("*.safetensors")))
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

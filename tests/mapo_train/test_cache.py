@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -168,8 +169,18 @@ def test_build_resumes_and_skips_complete_shards(cache_env):
     cfg = _cfg(
         cache_env, "x", f"data.cache={cache_env / 'cc'}", "data.cache_shard_size=3", "data.cache_batch_size=2"
     )
-    first = build_cache(cfg, progress=False)
+    mask = os.umask(0o022)
+    try:
+        first = build_cache(cfg, progress=False)
+    finally:
+        os.umask(mask)
     assert (first.num_pairs, first.shards_written, first.shards_skipped, first.bad_pairs) == (7, 3, 0, 1)
+    # Shards get the usual mode, not the 0600 of mkstemp and safetensors.
+    modes = {
+        p.relative_to(first.root).as_posix(): oct(p.stat().st_mode & 0o777) for p in first.root.rglob("*")
+    }
+    assert {k: m for k, m in modes.items() if m != ("0o755" if (first.root / k).is_dir() else "0o644")} == {}
+    assert modes["shards/00000.safetensors"] == "0o644"
     # Interrupted run: the last shard's file lost, another's marker lost, "complete" not yet written.
     (first.root / COMPLETE_FILE).unlink()
     shard_path(first.root, 2).unlink()

@@ -124,6 +124,38 @@ def test_end_to_end_full_and_lora_against_base(runs, tmp_path, capsys):
         ).read_bytes()
 
 
+def test_a_runs_weights_file_at_another_lora_scale(runs, tmp_path, capsys):
+    """--tuned RUN/pytorch_lora_weights.safetensors is that run: its training data is read from the
+    training_config.yaml beside the file (the trained prompt is left out) before its card is
+    updated, and the card says the LoRA was judged at half its trained strength."""
+    import shutil
+
+    from mapo_train.card import EVAL_END, EVAL_START
+
+    run = tmp_path / "lora-run"
+    shutil.copytree(runs["lora"], run)
+    (run / "training_config.yaml").write_text(
+        f"model:\n  pretrained: tiny\n  finetune: lora\nlora:\n  rank: 4\n  alpha: 4\n"
+        f"data:\n  path: {runs['pairs']}\n"
+    )
+    (run / "README.md").write_text(
+        f"# run\n\n## Evaluation\n\n{EVAL_START}\nNot evaluated yet.\n{EVAL_END}\n"
+    )
+    out = tmp_path / "eval"
+    weights = run / "pytorch_lora_weights.safetensors"
+    code, stdout, err = run_cli([*common(runs, out), "--tuned", weights, "--lora-scale", "0.5"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompts"]["held_out_checked_against"] == f"{runs['pairs']} (split train)"
+    assert report["prompts"]["prompts"] == PROMPTS  # "a cat on a sofa" was trained on
+    assert f"model card updated: {run / 'README.md'}" in stdout
+    card = (run / "README.md").read_text()
+    assert f"3 prompts (none of them in the training data {runs['pairs']} (split train))" in card
+    assert (
+        "The LoRA was applied at 0.5 times its trained strength (`--lora-scale 0.5`), not as trained." in card
+    )
+
+
 def test_default_out_is_inside_the_run_folder(runs, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     args = ["--base", "tiny", "--tuned", runs["full"], "--preset", "pick-style", "--split", "pixel",

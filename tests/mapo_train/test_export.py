@@ -1,6 +1,6 @@
 """Single files in, single files and kohya LoRA out: training from the tiny model written as one
 SDXL checkpoint gives the losses of training from its folder; a full run exported with
-``train.export`` reads back through diffusers' ``from_single_file`` bit for bit; a LoRA with
+``train.export`` reads back (UNet, VAE) through diffusers' ``from_single_file`` bit for bit; a LoRA with
 alpha != rank exported in kohya's layout reloads through ``load_lora_weights`` at the trained
 strength; ``mapo-train export`` gives the same files after the fact."""
 
