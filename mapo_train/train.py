@@ -96,6 +96,8 @@ class Run:
     last_grid: Path | None = None
     # Pairs consumed in the current epoch of an indexed dataset (a stream keeps its own position).
     position: DataPosition = field(default_factory=DataPosition)
+    # What the base model's files are (``_model_content``), recorded in every checkpoint.
+    model_content: dict[str, Any] | None = None
 
 
 def step_generator(seed: int, micro_step: int, rank: int) -> torch.Generator:
@@ -166,8 +168,9 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         load_adamw8bit()  # fail before any model is loaded
     resume_path = ckpt.resolve_resume(out, resume) if resume else None
     resume_state = ckpt.read_state(resume_path) if resume_path is not None else None
+    model_content = _model_content(cfg)
     if resume_state is not None:
-        _check_resumable(resume_state, cfg, resume_path)
+        _check_resumable(resume_state, cfg, resume_path, model_content)
     if resume_path is None and ckpt.latest_checkpoint(out) is not None:
         # Starting over here would mix two runs' checkpoints and metrics.
         raise MapoError(
@@ -252,6 +255,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     run = Run(
         cfg=cfg,
         out=out,
+        model_content=model_content,
         accelerator=accelerator,
         components=components,
         unet=unet,
@@ -317,6 +321,7 @@ def _trainer_state(run: Run) -> dict[str, Any]:
         "global_step": run.global_step,
         "finetune": cfg.model.finetune,
         "pretrained": cfg.model.pretrained,
+        "model_content": run.model_content,
         "loss": cfg.loss.name,
         "num_processes": run.accelerator.num_processes,
         "settings": _resume_settings(cfg),
@@ -396,16 +401,48 @@ def _pairs_identity(data) -> dict[str, Any]:
     return {"count": len(data.index), "index": index_digest(data.index), "fingerprint": data.fingerprint}
 
 
-def _check_resumable(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
+def _model_content(cfg: RunConfig) -> dict[str, Any]:
+    """What the base model's parts are, by content (``mapo_data.identity``: file digests, memoised;
+    a Hub model's commit): a resume onto a base whose weights changed under the same path is
+    refused, and a moved or copied base still resumes."""
+    from mapo_data.identity import model_identity
+
+    m = cfg.model
+    return model_identity(
+        m.pretrained,
+        ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
+        m.revision,
+        m.variant,
+        m.config,
+        what="model.pretrained",
+    )
+
+
+def _check_resumable(
+    state: dict[str, Any], cfg: RunConfig, path: Path, model_content: dict[str, Any] | None = None
+) -> None:
     """Refuse, in one line naming the setting, a resume that could not continue the saved run.
     Reads only the checkpoint's trainer state, so it runs before any data or model is loaded."""
-    for key, now in (("finetune", cfg.model.finetune), ("pretrained", cfg.model.pretrained)):
-        then = state.get(key)
-        if then is not None and then != now:
-            field = "model.finetune" if key == "finetune" else "model.pretrained"
+    then = state.get("finetune")
+    if then is not None and then != cfg.model.finetune:
+        raise MapoError(
+            f"checkpoint {path} was saved with model.finetune={then}, but this run has "
+            f"model.finetune={cfg.model.finetune}"
+        )
+    saved_content = state.get("model_content")
+    if saved_content is not None and model_content is not None:
+        if saved_content != model_content:
             raise MapoError(
-                f"checkpoint {path} was saved with {field}={then}, but this run has {field}={now}"
+                f"checkpoint {path} was trained from other base weights than model.pretrained="
+                f"{cfg.model.pretrained} holds now (its files differ by content): resume on the same base "
+                "model or start a new run"
             )
+    elif state.get("pretrained") not in (None, cfg.model.pretrained):
+        # A checkpoint from before the base was recorded by content: compare the name.
+        raise MapoError(
+            f"checkpoint {path} was saved with model.pretrained={state['pretrained']}, but this run has "
+            f"model.pretrained={cfg.model.pretrained}"
+        )
     saved, now = state.get("settings") or {}, _resume_settings(cfg)
     for name, then in saved.items():
         if name in now and now[name] != then:

@@ -443,3 +443,46 @@ def test_stream_refuses_another_buffer_worker_process_count_or_files(
     pd.read_parquet(stream_files / "part-1.parquet").iloc[:15].to_parquet(stream_files / "part-1.parquet")
     with pytest.raises(MapoError, match=f"streamed other files than data.path={stream_files} holds now"):
         train(cfg, resume="latest")
+
+
+def test_the_base_model_counts_by_content_not_by_path(
+    tmp_path, sixteen_pairs, tiny_model_path, forbid_model_loading
+):
+    """A base copied elsewhere resumes (same files); the same path with UNet weights changed in
+    place, same size, is refused naming model.pretrained, before any model is loaded."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy, moved = tmp_path / "base", tmp_path / "moved"
+    shutil.copytree(tiny_model_path, copy)
+    out = tmp_path / "run"
+    settings = (f"model.pretrained={copy}", "train.max_steps=1", "train.checkpoint_every=1")
+    train(_config(sixteen_pairs.parent, out, *settings))
+    shutil.copytree(copy, moved)
+    resumed = train(
+        _config(
+            sixteen_pairs.parent,
+            out,
+            f"model.pretrained={moved}",
+            "train.max_steps=2",
+            "train.checkpoint_every=1",
+        ),
+        resume="latest",
+    )
+    assert [r["step"] for r in resumed.history] == [1, 2]  # the run's history, step 2 trained now
+    weights = moved / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1.0
+    save_file(tensors, weights)
+    forbid_model_loading()
+    with pytest.raises(MapoError) as err:
+        train(
+            _config(sixteen_pairs.parent, out, f"model.pretrained={moved}", "train.max_steps=3"),
+            resume="latest",
+        )
+    assert str(err.value) == (
+        f"checkpoint {out / 'checkpoint-0000002'} was trained from other base weights than model.pretrained="
+        f"{moved} holds now (its files differ by content): resume on the same base model or start a new run"
+    )
