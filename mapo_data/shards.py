@@ -249,6 +249,13 @@ class DatasetWriter:
         shard = self._existing_file(index)
         if shard is None or shard.stat().st_size != info.bytes:
             return None
+        # By content, not size alone: bytes changed in place (a bad disk, a stray write) must not
+        # pass as done. The digest is memoised by the file's stat (ctime included), so an
+        # untouched shard costs a stat, not a re-read.
+        from mapo_data.identity import file_digest
+
+        if file_digest(shard) != info.sha256:
+            return None
         return info
 
     def clear(self, extra: tuple[str, ...] = ()) -> None:

@@ -245,6 +245,23 @@ def test_resume_gives_the_uninterrupted_bytes(positions, tmp_path):
     assert shard_bytes(out) == shard_bytes(mixed)
 
 
+def test_a_shard_changed_in_place_is_redone_not_taken_as_complete(positions, tmp_path):
+    """A finished shard whose bytes changed in place, same size (a bad disk, a stray write), with
+    the run unfinished: the rerun sees it by content and renders it again."""
+    mixed, _ = positions
+    out = tmp_path / "damaged"
+    shutil.copytree(mixed, out)
+    (out / "manifest.json").unlink()
+    shard = out / "data" / "train-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    logs: list[str] = []
+    run_build(_position_config(out, "random"), progress=False, log=logs.append)
+    assert logs == ["resuming: 1 of 2 shards already complete"]
+    assert shard_bytes(out) == shard_bytes(mixed)
+
+
 def test_a_rerun_with_another_chosen_position_is_refused(positions, capsys):
     _, first = positions
     code, _, err = run_cli([*POSITION_ARGS, "--out", str(first)], capsys)  # default: random

@@ -276,7 +276,8 @@ def test_clip_judge_scores_go_into_the_output(tmp_path, capsys):
         "-1",
         "--no-progress",
     )
-    assert code == 0 and "kept 0 of 6" in stdout and "judge_disagrees 6" in stdout
+    # Nothing kept: the run says so and fails (an empty dataset would verify and load silently).
+    assert code == 1 and "kept 0 of 6" in stdout and "judge_disagrees 6" in stdout
 
 
 def test_judge_on_input_without_preset_needs_descriptions(tmp_path, capsys):
