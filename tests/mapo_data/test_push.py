@@ -277,7 +277,8 @@ def test_push_needs_a_card_and_a_valid_repo_id(tmp_path, capsys):
 def test_push_refuses_a_dataset_with_no_pairs(tmp_path, capsys):
     src = write_mapo_dataset(tmp_path / "ds", 2)
     out = tmp_path / "none-left"
-    assert run_cli(capsys, "curate", str(src), "--out", str(out), "--min-std", "200", "--no-progress")[0] == 0
+    # curate writes the empty dataset (and fails, saying no pair survived); push must refuse it.
+    assert run_cli(capsys, "curate", str(src), "--out", str(out), "--min-std", "200", "--no-progress")[0] == 1
     write_card(out, make_preview=False)
     assert_one_line_error(
         *run_cli(capsys, "push", str(out), "--repo-id", "me/x", "--dry-run"), "has no pairs"
