@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import difflib
 import json
+import pickle
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from mapo_data.errors import MapoError
 from mapo_data.shards import give_umask_mode
@@ -62,8 +66,21 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
 
 
-def save_checkpoint(accelerator, out: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Save on every process (required by sharded optimizers); finish and prune on the main one."""
+def _extra_state_path(folder: Path, index: int) -> Path:
+    # Not accelerate's "custom_checkpoint_N.pkl": accelerate counts files of that name against its
+    # registered objects (there are none) and refuses the folder.
+    return folder / f"extra_state_{index}.pt"
+
+
+def save_checkpoint(
+    accelerator, out: Path, step: int, state: dict[str, Any], keep: int, extra: Sequence[Any] = ()
+) -> Path:
+    """Save on every process (required by sharded optimizers); finish and prune on the main one.
+
+    ``extra`` (the lr scheduler, the EMA) are saved here rather than registered with accelerate,
+    whose loader unpickles registered objects with ``weights_only=False``, so a checkpoint from
+    elsewhere could run code on ``--resume``; ``load_checkpoint`` reads them with ``weights_only=True``.
+    """
     final = out / f"{PREFIX}{step:07d}"
     staging = out / f".{final.name}.tmp"
     if accelerator.is_main_process and staging.exists():
@@ -72,6 +89,8 @@ def save_checkpoint(accelerator, out: Path, step: int, state: dict[str, Any], ke
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        for index, obj in enumerate(extra):
+            torch.save(obj.state_dict(), _extra_state_path(staging, index))
         (staging / STATE_FILE).write_text(json.dumps(state, indent=2))
         give_umask_mode(staging)  # safetensors writes owner-only (0600) files
         if final.exists():
@@ -83,9 +102,25 @@ def save_checkpoint(accelerator, out: Path, step: int, state: dict[str, Any], ke
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler, EMA and RNG states; returns the trainer state."""
+def load_checkpoint(accelerator, path: Path, extra: Sequence[Any] = ()) -> dict[str, Any]:
+    """Restore model, optimizer and RNG states (accelerate) and ``extra`` (scheduler, EMA: plain
+    tensors and numbers, read with ``weights_only=True``); returns the trainer state."""
+    if any(path.glob("custom_checkpoint_*.pkl")):
+        raise MapoError(
+            f"checkpoint {path} was written by an older mapo whose scheduler/EMA state only unpickles "
+            "unrestricted (it could run code); start a new run, or resume it with the mapo that wrote it"
+        )
     accelerator.load_state(str(path))
+    for index, obj in enumerate(extra):
+        file = _extra_state_path(path, index)
+        try:
+            obj.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        except FileNotFoundError as err:
+            raise MapoError(
+                f"checkpoint {path} has no {file.name} (saved without this run's scheduler/EMA?)"
+            ) from err
+        except pickle.UnpicklingError as err:
+            raise MapoError(f"{file}: not plain tensors and numbers; refusing to unpickle it") from err
     return read_state(path)
 
 

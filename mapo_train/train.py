@@ -242,11 +242,10 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
     ema = EMAModel(params, decay=t.ema_decay) if t.ema else None
     unet, optimizer = accelerator.prepare(unet, optimizer)
     # The scheduler is stepped once per optimizer step by the loop (not by accelerate, which
-    # would step it once per process); it still goes into checkpoints.
-    accelerator.register_for_checkpointing(lr_scheduler)
+    # would step it once per process). It and the EMA go into checkpoints through ckpt's own
+    # save/load (weights_only), not accelerate's registration (which unpickles unrestricted).
     if ema is not None:
         ema.to(device)
-        accelerator.register_for_checkpointing(ema)
     if cfg.model.finetune == "lora":
         ckpt.checkpoint_lora_only(accelerator, unet)
         if loss_spec.needs_reference:
@@ -284,7 +283,7 @@ def setup(cfg: RunConfig, resume: str | None = None) -> Run:
         ),
     )
     if resume_path is not None:
-        state = ckpt.load_checkpoint(accelerator, resume_path)
+        state = ckpt.load_checkpoint(accelerator, resume_path, _checkpointed(lr_scheduler, ema))
         run.global_step = int(state["global_step"])
         if cfg.data.streaming:  # continue the stream where the checkpoint left it
             run.data.restore(state)
@@ -399,6 +398,12 @@ def _pairs_identity(data) -> dict[str, Any]:
     """What the indexed pairs are: their number, which rows with which winner, and the table's
     `datasets` fingerprint (its files' identity) when known."""
     return {"count": len(data.index), "index": index_digest(data.index), "fingerprint": data.fingerprint}
+
+
+def _checkpointed(lr_scheduler, ema) -> list[Any]:
+    """The objects a checkpoint holds beside accelerate's state, in a fixed order (the lr
+    scheduler, then the EMA when there is one), as accelerate numbered them when registered."""
+    return [lr_scheduler] + ([ema] if ema is not None else [])
 
 
 def _model_content(cfg: RunConfig) -> dict[str, Any]:
@@ -750,7 +755,12 @@ def fit(run: Run) -> None:
                 and run.global_step < t.max_steps
             ):
                 ckpt.save_checkpoint(
-                    accelerator, run.out, run.global_step, _trainer_state(run), t.checkpoints_keep
+                    accelerator,
+                    run.out,
+                    run.global_step,
+                    _trainer_state(run),
+                    t.checkpoints_keep,
+                    _checkpointed(run.lr_scheduler, run.ema),
                 )
             every = cfg.validation.every_n_steps
             if every and run.global_step % every == 0 and run.global_step < t.max_steps:
@@ -761,7 +771,14 @@ def fit(run: Run) -> None:
         progress.close()
     # The final state is resumable too (e.g. to train further with a higher max_steps).
     if t.checkpoint_every:
-        ckpt.save_checkpoint(accelerator, run.out, run.global_step, _trainer_state(run), t.checkpoints_keep)
+        ckpt.save_checkpoint(
+            accelerator,
+            run.out,
+            run.global_step,
+            _trainer_state(run),
+            t.checkpoints_keep,
+            _checkpointed(run.lr_scheduler, run.ema),
+        )
     _validate(run)
 
 

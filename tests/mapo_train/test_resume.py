@@ -486,3 +486,42 @@ def test_the_base_model_counts_by_content_not_by_path(
         f"checkpoint {out / 'checkpoint-0000002'} was trained from other base weights than model.pretrained="
         f"{moved} holds now (its files differ by content): resume on the same base model or start a new run"
     )
+
+
+class _Planted:
+    """Unpickling this writes a file: what a hostile checkpoint could do with unrestricted pickle."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "ran"))
+
+
+def test_scheduler_and_ema_states_are_never_unpickled_unrestricted(tmp_path, sixteen_pairs):
+    import pickle
+
+    out = tmp_path / "run"
+    settings = ("train.max_steps=1", "train.checkpoint_every=1", "train.ema=true")
+    train(_config(sixteen_pairs.parent, out, *settings))
+    checkpoint = out / "checkpoint-0000001"
+    assert sorted(p.name for p in checkpoint.glob("extra_state_*.pt")) == [
+        "extra_state_0.pt",
+        "extra_state_1.pt",
+    ]
+    planted = tmp_path / "planted.txt"
+    (checkpoint / "extra_state_1.pt").write_bytes(pickle.dumps(_Planted(str(planted))))
+    resume = _config(
+        sixteen_pairs.parent, out, "train.max_steps=2", "train.checkpoint_every=1", "train.ema=true"
+    )
+    with pytest.raises(MapoError) as err:
+        train(resume, resume="latest")
+    assert str(err.value) == (
+        f"{checkpoint / 'extra_state_1.pt'}: not plain tensors and numbers; refusing to unpickle it"
+    )
+    assert not planted.exists()
+    # A checkpoint in accelerate's registered-object layout (older mapo) is refused before loading.
+    (checkpoint / "extra_state_1.pt").rename(checkpoint / "custom_checkpoint_1.pkl")
+    with pytest.raises(MapoError, match="written by an older mapo"):
+        train(resume, resume="latest")
+    assert not planted.exists()
