@@ -400,6 +400,17 @@ def _pairs_identity(data) -> dict[str, Any]:
     return {"count": len(data.index), "index": index_digest(data.index), "fingerprint": data.fingerprint}
 
 
+def _save_checkpoint(run: Run) -> None:
+    ckpt.save_checkpoint(
+        run.accelerator,
+        run.out,
+        run.global_step,
+        _trainer_state(run),
+        run.cfg.train.checkpoints_keep,
+        _checkpointed(run.lr_scheduler, run.ema),
+    )
+
+
 def _checkpointed(lr_scheduler, ema) -> list[Any]:
     """The objects a checkpoint holds beside accelerate's state, in a fixed order (the lr
     scheduler, then the EMA when there is one), as accelerate numbered them when registered."""
@@ -754,14 +765,7 @@ def fit(run: Run) -> None:
                 and run.global_step % t.checkpoint_every == 0
                 and run.global_step < t.max_steps
             ):
-                ckpt.save_checkpoint(
-                    accelerator,
-                    run.out,
-                    run.global_step,
-                    _trainer_state(run),
-                    t.checkpoints_keep,
-                    _checkpointed(run.lr_scheduler, run.ema),
-                )
+                _save_checkpoint(run)
             every = cfg.validation.every_n_steps
             if every and run.global_step % every == 0 and run.global_step < t.max_steps:
                 _validate(run)
@@ -771,14 +775,7 @@ def fit(run: Run) -> None:
         progress.close()
     # The final state is resumable too (e.g. to train further with a higher max_steps).
     if t.checkpoint_every:
-        ckpt.save_checkpoint(
-            accelerator,
-            run.out,
-            run.global_step,
-            _trainer_state(run),
-            t.checkpoints_keep,
-            _checkpointed(run.lr_scheduler, run.ema),
-        )
+        _save_checkpoint(run)
     _validate(run)
 
 

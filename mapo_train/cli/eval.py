@@ -210,10 +210,10 @@ def config_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `mapo-train eval`; returns the exit status (user errors: one line, 2)."""
-    import os
+    from mapo_data.quiet import quiet_libraries
 
     # Library chatter (torchvision fallbacks, Hub retries) would bury the one-line messages.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)  # argparse prints usage errors and exits 2 itself
     try:

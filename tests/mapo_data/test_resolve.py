@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mapo_data.cli import main
 from mapo_data.errors import MapoError
 from mapo_data.resolve import looks_like_path, resolve, resolve_model
 from mapo_data.tiny import tiny_model_path
 from tests import hub_guard
 from tests.hub_guard import CLOSED_ENDPOINT
+from tests.mapo_data.test_build import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 UNREACHABLE = f"the Hub ({CLOSED_ENDPOINT}) is not reachable ([Errno 111] Connection refused)"
@@ -39,16 +39,6 @@ FAST = [
 def hub_not_offline(monkeypatch):
     """As with HF_HUB_OFFLINE unset and no network; the network connections attempted."""
     return hub_guard.hub_not_offline(monkeypatch)
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code: int, stdout: str, stderr: str, expected: str) -> None:

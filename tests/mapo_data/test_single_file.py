@@ -16,24 +16,14 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from mapo_data.cli import main
 from mapo_data.errors import MapoError
 from mapo_data.render import RenderConfig, pipeline_identity
 from mapo_data.single_file import load_components, write_single_file
+from tests.mapo_data.test_build import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ["build", "pick-style", "--split", "pixel", "--num-pairs", "2", "--batch-size", "2", "--dtype", "fp32",
          "--steps", "2", "--height", "32", "--width", "32", "--no-progress"]  # fmt: skip
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
