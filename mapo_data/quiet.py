@@ -11,12 +11,15 @@ Two kinds of noise buried the one-line messages:
   transformers' import cannot promise that.
 - Everything else transformers logs below an error, which ``TRANSFORMERS_VERBOSITY=error`` hides
   unless the user set the variable (``TRANSFORMERS_VERBOSITY=warning`` brings it back).
+
+And one way to end quietly: output piped into a reader that stops early (``| head``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 
 # The logger transformers' lazy-import fallback writes to (transformers/utils/import_utils.py).
 _FALLBACK_LOGGER = "transformers.utils.import_utils"
@@ -36,3 +39,11 @@ def quiet_libraries() -> None:
     logger = logging.getLogger(_FALLBACK_LOGGER)
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
+
+
+def exit_on_closed_pipe() -> None:
+    """End a command whose reader closed the pipe (``mapo-train --keys | head``): exit 0 without a
+    BrokenPipeError traceback. Python's documented remedy: point stdout at devnull, so the flush at
+    exit cannot fail again. Call from an ``except BrokenPipeError`` in a CLI's entry point."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)

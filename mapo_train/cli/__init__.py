@@ -11,7 +11,6 @@ mapo-train export RUN --to single-file|kohya-lora                               
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 from mapo_data.errors import MapoError
@@ -44,7 +43,7 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from mapo_data.quiet import quiet_libraries
+    from mapo_data.quiet import exit_on_closed_pipe, quiet_libraries
 
     quiet_libraries()  # transformers' torchvision-fallback warnings, before any model is loaded
     try:
@@ -56,9 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"interrupted{_RESUME_HINTS.get(argv[0] if argv else '', _RESUME_HINTS[''])}", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # `mapo-train --keys | head`: the reader has what it wanted
-        # Python's documented remedy: point stdout at devnull so the exit-time flush cannot fail.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        exit_on_closed_pipe()
     sys.exit(code)
 
 

@@ -306,3 +306,19 @@ def test_model_loads_print_no_torchvision_warnings(tmp_path):
 def test_dash_h_is_help_too(command, capsys, monkeypatch):
     words = [command] if command else []
     assert help_of(capsys, monkeypatch, *words, flag="-h") == help_of(capsys, monkeypatch, *words)
+
+
+def test_output_piped_into_a_reader_that_stops_ends_quietly(tmp_path):
+    """`mapo-data stats DIR --json | head`: the reader closes the pipe early; stats ends without a
+    BrokenPipeError traceback, with click's exit status for a closed pipe (1). The pipe is closed
+    before anything is written, so the write fails every time."""
+    root = write_mapo_dataset(tmp_path / "ds", 2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mapo_data", "stats", str(root), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
