@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -263,15 +263,6 @@ def judge_identity(config: JudgedConfig) -> list[Any]:
         else:
             found.append({"hub": model, "commit": hub_commit(model, None, "config.json")})
     return found
-
-
-@dataclass
-class ShardWork:
-    """What a judged shard produced: its pair rows, its ranked rows and its side record."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    ranked: list[dict[str, Any]] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
 
 
 def prompt_rows(
