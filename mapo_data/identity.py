@@ -20,6 +20,7 @@ are, never by where they lie.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -125,6 +126,15 @@ def folder_digest(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _hub_sha(repo_id: str, revision: str | None) -> str | None:
+    """The Hub's answer, once per process: one run asks for the base model's commit for several
+    parts (the cache's VAE and text encoders, the checkpoint's base)."""
+    from huggingface_hub import model_info
+
+    return model_info(repo_id, revision=revision).sha
+
+
 def hub_commit(repo_id: str, revision: str | None, probe: str) -> str:
     """The commit that ``revision`` (default ``main``) of the Hub model ``repo_id`` resolves to.
 
@@ -134,12 +144,12 @@ def hub_commit(repo_id: str, revision: str | None, probe: str) -> str:
     """
     if revision is not None and _COMMIT.fullmatch(revision):
         return revision
-    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub import constants, try_to_load_from_cache
 
     reason = "offline (HF_HUB_OFFLINE)"
     if not constants.is_offline_mode():
         try:
-            sha = model_info(repo_id, revision=revision).sha
+            sha = _hub_sha(repo_id, revision)
             if sha:
                 return sha
         except Exception as err:  # noqa: BLE001 - any Hub failure falls back to the local cache
