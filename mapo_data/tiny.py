@@ -2,27 +2,23 @@
 
 It has every part of Stable Diffusion XL (a UNet with text-time micro-conditioning, a VAE with
 SDXL's 8x downsampling, two CLIP text encoders, the second one with a projection, two CLIP BPE
-tokenizers and an Euler scheduler), only very small. It is built from code with a fixed seed,
-needs no network, is written once in the diffusers folder layout to a cache directory and is then
-loaded with ``from_pretrained`` like any Hub model, so tests and the quickstart exercise exactly
-the code path used for SDXL.
+tokenizers and an Euler scheduler), only very small: about 1.2 M parameters, 5 MB in fp32. The
+architecture and its seeded initial weights are defined here; the weights it ships with
+(``mapo_data/resources/tiny-sdxl``, diffusers layout) were trained on the procedural world of
+:mod:`mapo_data.world` by :mod:`mapo_data.tiny_training`, so its pictures follow their prompt and
+the presets' prefixes change their style. It loads offline with ``from_pretrained`` like any Hub
+model, so tests and the quickstart exercise exactly the code path used for SDXL. The world never
+depicts people or anything sexual.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
+from mapo_data.errors import MapoError
+
 TINY_MODEL_NAME = "tiny"
-# Bump when the architecture or the vocabulary changes: the cache folder name includes it, so an
-# old cache is never mistaken for the new model.
-TINY_MODEL_VERSION = 2
 TINY_SEED = 0
 TINY_RESOLUTION = 64
 
@@ -194,55 +190,22 @@ def _tiny_components():
     )
 
 
-def _cache_root() -> Path:
-    if os.environ.get("MAPO_CACHE"):
-        return Path(os.environ["MAPO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mapo"
+TINY_MODEL_DIR = Path(__file__).parent / "resources" / "tiny-sdxl"
 
 
-def _tiny_fingerprint() -> str:
-    vocab, merges = tiny_vocab_and_merges()
-    payload = json.dumps([TINY_MODEL_VERSION, TINY_SEED, len(vocab), merges], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def write_folder_once(target: Path, done_file: str, write: Callable[[Path], None]) -> Path:
-    """Make ``target`` by calling ``write(staging_dir)`` unless ``target/done_file`` exists.
-
-    The folder is written beside the target and renamed, so a concurrent or interrupted writer
-    never leaves a half-written model that looks complete.
-    """
-    from mapo_data.shards import give_umask_mode
-
-    if (target / done_file).is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        write(staging)
-        # mkdtemp's folder is owner-only (0700), safetensors' files too (0600): a cache others can read.
-        give_umask_mode(staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / done_file).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _write_tiny_pipeline(folder: Path) -> None:
-    from diffusers import StableDiffusionXLPipeline
-
-    pipe = StableDiffusionXLPipeline(**_tiny_components(), add_watermarker=False)
-    pipe.save_pretrained(folder)
+def shipped_folder(folder: Path, what: str) -> Path:
+    """A model folder shipped inside the package, or one line saying how to get it back."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        raise MapoError(
+            f"{what} is missing from the mapo package ({folder}); reinstall mapo, or remake it with "
+            "`python -m mapo_data.tiny_training`"
+        )
+    return folder
 
 
 def tiny_model_path() -> Path:
-    """The folder of the tiny model in the diffusers layout, written on first use."""
-    target = _cache_root() / f"tiny-sdxl-v{TINY_MODEL_VERSION}-{_tiny_fingerprint()}"
-    return write_folder_once(target, "model_index.json", _write_tiny_pipeline)
+    """The folder of the trained tiny model in the diffusers layout, shipped with the package."""
+    return shipped_folder(TINY_MODEL_DIR, "the built-in tiny model")
 
 
 def resolve_model_id(model: str) -> str:

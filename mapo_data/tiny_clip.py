@@ -1,25 +1,24 @@
 """A tiny CLIP model (text and vision towers, projections, tokenizer, image processor).
 
 The judges score images with CLIP-style models. Tests and CPU runs need one without the network,
-so, like the tiny SDXL in :mod:`mapo_data.tiny`, it is built from code with a fixed seed, written
-once in the Hugging Face layout to the mapo cache and then loaded with ``from_pretrained`` like
-any Hub checkpoint: the judge code path is the one used for a real CLIP. Its weights are random,
-so its scores mean nothing until it is trained (the judge tests train it for a few steps).
+so, like the tiny SDXL in :mod:`mapo_data.tiny`, its architecture is defined here and its
+weights (``mapo_data/resources/tiny-clip``, transformers layout) were trained by
+:mod:`mapo_data.tiny_training` on the procedural world of :mod:`mapo_data.world`, image-text
+contrastively and on each preset's preferred/dispreferred descriptions. It loads with
+``from_pretrained`` like any Hub checkpoint: the judge code path is the one used for a real CLIP,
+and ``clip:tiny`` tells the world's styles apart.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from mapo_data.tiny import _cache_root, tiny_text_config, tiny_vocab_and_merges, write_folder_once
+from mapo_data.tiny import shipped_folder, tiny_text_config, tiny_vocab_and_merges
 
 TINY_CLIP_NAME = "tiny"
-# Bump when the architecture or preprocessing changes: the cache folder name includes it.
-TINY_CLIP_VERSION = 1
 TINY_CLIP_SEED = 0
 TINY_CLIP_IMAGE_SIZE = 32
+TINY_CLIP_DIR = Path(__file__).parent / "resources" / "tiny-clip"
 
 
 def _tiny_clip_components():
@@ -56,24 +55,9 @@ def _tiny_clip_components():
     return model, processor
 
 
-def _tiny_clip_fingerprint() -> str:
-    vocab, merges = tiny_vocab_and_merges()
-    payload = json.dumps(
-        [TINY_CLIP_VERSION, TINY_CLIP_SEED, TINY_CLIP_IMAGE_SIZE, len(vocab), merges], sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
 def tiny_clip_path() -> Path:
-    """The folder of the tiny CLIP in the Hugging Face layout, written on first use."""
-    target = _cache_root() / f"tiny-clip-v{TINY_CLIP_VERSION}-{_tiny_clip_fingerprint()}"
-    return write_folder_once(target, "config.json", _write_tiny_clip)
-
-
-def _write_tiny_clip(folder: Path) -> None:
-    model, processor = _tiny_clip_components()
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    """The folder of the trained tiny CLIP in the Hugging Face layout, shipped with the package."""
+    return shipped_folder(TINY_CLIP_DIR, "the built-in tiny CLIP judge")
 
 
 def resolve_clip_id(model: str) -> str:

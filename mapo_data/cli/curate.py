@@ -120,7 +120,7 @@ def curate(
         # An empty dataset verifies and loads, so nothing later would say why training has no
         # data: say it here, and fail, so a script stops at the step that emptied it.
         hint = (
-            "; the pairs' two images are near-identical (as with the random tiny model): "
+            "; the pairs' two images are near-identical (the model barely reacts to the prefixes): "
             "--max-phash-distance -1 keeps them"
             if report["dropped"].get("near_identical")
             else ""

@@ -208,6 +208,28 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
+def headline(report: dict) -> list[str]:
+    """The closing lines: per judge, each model's verdict share and its change against the base,
+    then each tuned model's win rate over prompts."""
+    base = report["models"][0]["label"]
+    conf = round(100 * report["settings"]["confidence"])
+    lines = []
+    for spec, res in report["results"].items():
+        shares = {label: entry["verdict"] for label, entry in res["per_model"].items() if entry["verdict"]}
+        for label, change in res.get("verdict_change", {}).items():
+            b, t = shares[base], shares[label]
+            lines.append(
+                f"{spec}: {res['verdict_label']}: {base} {100 * b['rate']:.0f}% -> {label} {100 * t['rate']:.0f}% "
+                f"({change['points']:+.0f} points, {conf}% CI [{change['low']:+.0f}, {change['high']:+.0f}])"
+            )
+        for label, h2h in res["versus_base"].items():
+            lines.append(
+                f"{spec}: {label} wins {100 * h2h['win_rate']:.1f}% of prompts against {base} "
+                f"[{100 * h2h['low']:.1f}%, {100 * h2h['high']:.1f}%]"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `mapo-train eval`; returns the exit status (user errors: one line, 2)."""
     from mapo_data.quiet import quiet_libraries
@@ -230,12 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grid: {grid}")
         for card in result.cards:
             print(f"model card updated: {card}")
-        for spec, res in result.report["results"].items():
-            for label, h2h in res["versus_base"].items():
-                print(
-                    f"{spec}: {label} wins {100 * h2h['win_rate']:.1f}% of prompts against base "
-                    f"[{100 * h2h['low']:.1f}%, {100 * h2h['high']:.1f}%]"
-                )
+        for line in headline(result.report):
+            print(line)
     return 0
 
 

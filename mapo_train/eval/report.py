@@ -92,10 +92,36 @@ def summarize(
             "per_model": per_model,
             "versus_base": versus,
         }
+        if verdicts[base].get(judge.spec) is not None:
+            result["verdict_change"] = {
+                label: verdict_change(
+                    verdicts[label][judge.spec],
+                    verdicts[base][judge.spec],
+                    prompt_index,
+                    num_prompts,
+                    confidence,
+                )
+                for label in tuned
+            }
         if len(labels) > 2:
             result["best_of_all"] = best_model_shares(per_prompt, judge.higher_is_better)
         results[judge.spec] = result
     return results
+
+
+def verdict_change(
+    tuned: np.ndarray, base: np.ndarray, prompt_index: np.ndarray, num_prompts: int, confidence: float
+) -> dict[str, float]:
+    """The tuned model's verdict share minus the base's, in points (0-100), with an interval.
+
+    Both models drew the same (prompt, seed) images, so the difference is paired: the interval is
+    a percentile bootstrap over prompts of the per-prompt share differences.
+    """
+    difference = per_prompt_means(np.asarray(tuned, float), prompt_index, num_prompts) - per_prompt_means(
+        np.asarray(base, float), prompt_index, num_prompts
+    )
+    low, high = bootstrap_interval(difference, confidence)
+    return {"points": 100 * float(np.mean(difference)), "low": 100 * low, "high": 100 * high}
 
 
 def write_scores(rows: list[dict[str, Any]], out: Path) -> tuple[Path, Path]:
@@ -182,6 +208,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {label} | {_pct(h2h['win_rate'])} [{_pct(h2h['low'])}, {_pct(h2h['high'])}] "
                 f"| {h2h['wins']} / {h2h['ties']} / {h2h['losses']} | {h2h['p_value']:.3g} |"
             )
+        if "verdict_change" in result:
+            lines += [
+                "",
+                f"Change in the share {verdict}, against {labels[0]} (points, paired over prompts):",
+                "",
+            ]
+            for label, change in result["verdict_change"].items():
+                lines.append(
+                    f"- {label}: {change['points']:+.1f} [{change['low']:+.1f}, {change['high']:+.1f}]"
+                )
         if "best_of_all" in result:
             shares = ", ".join(f"{label} {_pct(v)}" for label, v in result["best_of_all"].items())
             lines += ["", f"Share of prompts each model scores best on: {shares}."]

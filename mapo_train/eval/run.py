@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mapo_data.errors import MapoError
+from mapo_data.tiny import TINY_MODEL_NAME
 from mapo_train.eval.card_link import link_report_in_cards
 from mapo_train.eval.config import DEFAULT_NUM_PROMPTS, EvalConfig
 from mapo_train.eval.grid import side_by_side_grid, write_grid
@@ -85,11 +86,13 @@ def _base_mismatch_warnings(config: EvalConfig, sources: list[TunedSource], labe
     return warnings
 
 
-def _judge_warnings(infos: list[JudgeInfo]) -> list[str]:
-    """The tiny CLIP makes the pipeline runnable offline; its random weights judge nothing."""
+def _judge_warnings(infos: list[JudgeInfo], base: str) -> list[str]:
+    """The tiny CLIP was trained on the tiny model's procedural world only (mapo_data.world)."""
+    if base == TINY_MODEL_NAME:
+        return []
     return [
-        f"{info.spec} has random weights (a test model): its scores carry no meaning; "
-        "use a real CLIP, e.g. clip:openai/clip-vit-large-patch14"
+        f"{info.spec} knows only the tiny model's procedural world: on other models' pictures its "
+        "scores carry no meaning; use a real CLIP, e.g. clip:openai/clip-vit-large-patch14"
         for info in infos
         if info.settings.get("model") == "tiny"
     ]
@@ -386,7 +389,7 @@ def run_eval(
         },
         "warnings": data_warnings
         + _base_mismatch_warnings(config, sources, config.labels[1:])
-        + _judge_warnings(infos),
+        + _judge_warnings(infos, config.base),
         "command": command,
     }
     md_path, report_json = write_report(report, out)

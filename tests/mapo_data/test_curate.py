@@ -456,7 +456,7 @@ def test_pairs_of_one_prompt_may_share_images_but_not_across_prompts(tmp_path, c
 
 
 def test_curating_away_every_pair_fails_and_says_why(tmp_path, capsys):
-    """Near-identical pairs (as the random tiny model renders them) all dropped: the run still
+    """Near-identical pairs (as a model that ignores its prefixes renders them) all dropped: the run still
     writes its report but exits 1 naming the reasons and the option that keeps them, and training
     on the empty result says it has no pairs (not datasets' 'corresponds to no data')."""
     from mapo_train import cli as train_cli
@@ -474,7 +474,7 @@ def test_curating_away_every_pair_fails_and_says_why(tmp_path, capsys):
     assert code == 1 and "kept 0 of 3 pairs" in stdout
     assert stderr.strip().splitlines() == [
         "error: no pair survived curation (dropped: near_identical 3); the pairs' two images are "
-        "near-identical (as with the random tiny model): --max-phash-distance -1 keeps them"
+        "near-identical (the model barely reacts to the prefixes): --max-phash-distance -1 keeps them"
     ]
     assert (out / "curation_report.md").is_file()
     with pytest.raises(SystemExit) as exit_info:
