@@ -118,8 +118,10 @@ def tiny_text_config(vocab: dict[str, int], num_hidden_layers: int) -> dict:
     )
 
 
-def _tiny_components():
-    """Build all pipeline components with a fixed seed (imports are local: torch is heavy)."""
+def initial_components():
+    """All pipeline components with their seeded *initial* weights, before training (imports are
+    local: torch is heavy). The shipped, trained model is :func:`tiny_model_path`; these are the
+    start of :mod:`mapo_data.tiny_training` and of checks that need an untrained model."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import (

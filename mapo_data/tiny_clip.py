@@ -21,8 +21,9 @@ TINY_CLIP_IMAGE_SIZE = 32
 TINY_CLIP_DIR = Path(__file__).parent / "resources" / "tiny-clip"
 
 
-def _tiny_clip_components():
-    """Model and processor, built with a fixed seed (imports are local: torch is heavy)."""
+def initial_clip_components():
+    """Model and processor with their seeded *initial* weights, before training (imports are
+    local: torch is heavy); the shipped, trained judge is :func:`tiny_clip_path`."""
     import torch
     from transformers import (
         CLIPConfig,

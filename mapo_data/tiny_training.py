@@ -4,7 +4,7 @@
     python -m mapo_data.tiny_training --out /tmp/tiny    # somewhere else
 
 The world (:mod:`mapo_data.world`) draws a picture for any prompt, with the presets' prefixes
-standing for visible styles. Three stages, each seeded, on the CPU (about 9 minutes on 2 cores):
+standing for visible styles. Three stages, each seeded, on the CPU (31 minutes on 2 cores with the defaults):
 
 1. **VAE** (``AutoencoderKL``, SDXL's 8x layout): reconstruction (L1 + MSE) with a small KL term
    on whole 64x64 pictures; the latent scaling factor is then set to
@@ -56,6 +56,8 @@ class TinyTrainingConfig:
     seed: int = 0
     synthetic_captions: int = 720
     """Captions made from the world's vocabulary, besides the default prompts."""
+    max_default_prompts: int | None = None
+    """Use only the first N default prompts (None: all 279); for quick checks."""
     seeds_per_style: int = 2
     """Pictures of each caption in each style."""
     vae_steps: int = 3000
@@ -78,7 +80,8 @@ def world_captions(config: TinyTrainingConfig) -> list[str]:
         colour = rng.choice(colours) if rng.random() < 0.6 else ""
         place = rng.choice(_SYNTHETIC_PLACES)
         synthetic.append(" ".join(w for w in ("a", colour, obj, place) if w))
-    return list(dict.fromkeys([*(p.strip() for p in load_prompts(None) if p.strip()), *synthetic]))
+    defaults = [p.strip() for p in load_prompts(None) if p.strip()][: config.max_default_prompts]
+    return list(dict.fromkeys([*defaults, *synthetic]))
 
 
 def world_dataset(config: TinyTrainingConfig) -> tuple[list[str], list[str], np.ndarray]:
@@ -342,8 +345,9 @@ def train_tiny_world(config: TinyTrainingConfig) -> dict:
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from mapo_data.tiny import _tiny_components
-    from mapo_data.tiny_clip import _tiny_clip_components
+    from mapo_data.shards import give_umask_mode
+    from mapo_data.tiny import initial_components
+    from mapo_data.tiny_clip import initial_clip_components
 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -351,7 +355,7 @@ def train_tiny_world(config: TinyTrainingConfig) -> dict:
     figures: dict = {}
     prompts, styles, images = world_dataset(config)
     figures["pictures"] = len(images)
-    components = _tiny_components()
+    components = initial_components()
     figures["vae"] = train_vae(components["vae"], images, config)
     latents = encode_all(components["vae"], images)
     figures["unet"] = train_unet(components, prompts, latents, config)
@@ -359,7 +363,7 @@ def train_tiny_world(config: TinyTrainingConfig) -> dict:
     sdxl_dir = config.out / "tiny-sdxl"
     pipe.save_pretrained(sdxl_dir)
 
-    clip_model, processor = _tiny_clip_components()
+    clip_model, processor = initial_clip_components()
     round_trips = decode_all(components["vae"], latents)
     figures["judge"] = train_judge(
         clip_model, processor, prompts * 2, styles * 2, np.concatenate([images, round_trips]), config
@@ -368,6 +372,7 @@ def train_tiny_world(config: TinyTrainingConfig) -> dict:
     clip_model.save_pretrained(clip_dir)
     processor.save_pretrained(clip_dir)
     figures["minutes"] = round((time.monotonic() - started) / 60, 1)
+    give_umask_mode(sdxl_dir, clip_dir)  # safetensors writes 0600: a package must be readable by all
     _write_card(
         sdxl_dir,
         "tiny SDXL (mapo's built-in model)",
@@ -400,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     defaults = TinyTrainingConfig()
     parser.add_argument("--out", type=Path, default=defaults.out, help=f"default: {defaults.out}")
+    parser.add_argument("--max-default-prompts", type=int, default=None, help="default: all")
     for name in ("seed", "synthetic_captions", "seeds_per_style", "vae_steps", "unet_steps", "clip_steps",
                  "batch_size", "vae_batch_size", "threads"):  # fmt: skip
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))

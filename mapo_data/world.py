@@ -183,6 +183,7 @@ class Scene:
     background: str
 
 
+_ARTICLES = frozenset({"a", "an", "the"})
 _WORD = re.compile(r"[a-z0-9+'-]+")
 
 
@@ -223,9 +224,10 @@ def parse(prompt: str) -> Scene:
     colour_word = next((w for w in words if w in COLOURS), None)
     if colour_word is None and object_word in _OBJECT_COLOURS:
         colour_word = _OBJECT_COLOURS[object_word]
-    if colour_word is None:  # a stable colour of its own for every other prompt
+    if colour_word is None:  # a stable colour of its own for every other prompt, from drawn words only
         names = sorted(set(COLOURS) - {"grey", "gold"})
-        colour_word = names[_stable_int(context.strip().lower()) % len(names)]
+        drawn = " ".join(w for w in words if w not in _ARTICLES)
+        colour_word = names[_stable_int(drawn) % len(names)]
     background = "day"
     word_set = set(words)
     for name, keys in _SCENES:
@@ -241,13 +243,19 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
     if shape == "animal":
         e((cx - r, cy - 0.45 * r, cx + 0.7 * r, cy + 0.45 * r), fill=255)  # body
         e((cx + 0.35 * r, cy - 0.9 * r, cx + r, cy - 0.2 * r), fill=255)  # head
-        draw.polygon([(cx + 0.45 * r, cy - 0.75 * r), (cx + 0.55 * r, cy - 1.1 * r), (cx + 0.7 * r, cy - 0.8 * r)], fill=255)
+        draw.polygon(
+            [(cx + 0.45 * r, cy - 0.75 * r), (cx + 0.55 * r, cy - 1.1 * r), (cx + 0.7 * r, cy - 0.8 * r)],
+            fill=255,
+        )
         for x in (-0.8, -0.45, 0.15, 0.45):
             draw.rectangle((cx + x * r, cy + 0.2 * r, cx + (x + 0.18) * r, cy + 0.95 * r), fill=255)
     elif shape == "bird":
         e((cx - 0.6 * r, cy - 0.5 * r, cx + 0.5 * r, cy + 0.8 * r), fill=255)
         e((cx - 0.2 * r, cy - 0.95 * r, cx + 0.45 * r, cy - 0.3 * r), fill=255)
-        draw.polygon([(cx + 0.4 * r, cy - 0.7 * r), (cx + 0.85 * r, cy - 0.55 * r), (cx + 0.4 * r, cy - 0.45 * r)], fill=255)
+        draw.polygon(
+            [(cx + 0.4 * r, cy - 0.7 * r), (cx + 0.85 * r, cy - 0.55 * r), (cx + 0.4 * r, cy - 0.45 * r)],
+            fill=255,
+        )
         draw.polygon([(cx - 0.5 * r, cy), (cx - r, cy + 0.6 * r), (cx - 0.2 * r, cy + 0.5 * r)], fill=255)
     elif shape == "fish":
         e((cx - 0.7 * r, cy - 0.45 * r, cx + 0.7 * r, cy + 0.45 * r), fill=255)
@@ -259,9 +267,22 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
         draw.rectangle((cx - 0.7 * r, cy - 0.1 * r, cx + 0.7 * r, cy + 0.9 * r), fill=255)
         draw.polygon([(cx - 0.9 * r, cy - 0.1 * r), (cx, cy - r), (cx + 0.9 * r, cy - 0.1 * r)], fill=255)
     elif shape == "boat":
-        draw.polygon([(cx - r, cy + 0.3 * r), (cx + r, cy + 0.3 * r), (cx + 0.6 * r, cy + 0.8 * r), (cx - 0.6 * r, cy + 0.8 * r)], fill=255)
-        draw.polygon([(cx - 0.05 * r, cy - r), (cx - 0.05 * r, cy + 0.2 * r), (cx - 0.8 * r, cy + 0.2 * r)], fill=255)
-        draw.polygon([(cx + 0.05 * r, cy - 0.8 * r), (cx + 0.05 * r, cy + 0.2 * r), (cx + 0.6 * r, cy + 0.2 * r)], fill=255)
+        draw.polygon(
+            [
+                (cx - r, cy + 0.3 * r),
+                (cx + r, cy + 0.3 * r),
+                (cx + 0.6 * r, cy + 0.8 * r),
+                (cx - 0.6 * r, cy + 0.8 * r),
+            ],
+            fill=255,
+        )
+        draw.polygon(
+            [(cx - 0.05 * r, cy - r), (cx - 0.05 * r, cy + 0.2 * r), (cx - 0.8 * r, cy + 0.2 * r)], fill=255
+        )
+        draw.polygon(
+            [(cx + 0.05 * r, cy - 0.8 * r), (cx + 0.05 * r, cy + 0.2 * r), (cx + 0.6 * r, cy + 0.2 * r)],
+            fill=255,
+        )
     elif shape == "flower":
         draw.rectangle((cx - 0.07 * r, cy, cx + 0.07 * r, cy + r), fill=255)
         for angle in np.linspace(0, 2 * np.pi, 6, endpoint=False):

@@ -190,7 +190,7 @@ class LatentProbe:
     """The property scorer for *generated* samples: the share of samples whose latent roughness is
     below the threshold that separates VAE latents of fresh blocky images from smooth ones.
 
-    Why not ``flatness`` of decoded samples: the built-in tiny model's VAE decoder is randomly
+    Why not ``flatness`` of decoded samples: the synthetic model's VAE decoder is randomly
     initialised and scrambles every image into texture (flatness near 0 for both kinds). The
     encoder still maps the two kinds to separable latents, and the UNet models latents, so the
     property is scored where the model works. A one-number threshold is bounded and cannot
@@ -275,23 +275,25 @@ _LATENT_GAIN = 45.0
 
 
 def synthetic_model(out: Path | str) -> Path:
-    """The built-in tiny model with a deterministic, informative VAE encoder.
+    """The tiny architecture with its seeded initial (untrained) weights and a deterministic,
+    informative VAE encoder, saved as a diffusers folder.
 
-    The tiny VAE is randomly initialised: its posterior std (about 0.9) swamps the image-dependent
-    mean (about 0.17), so its latents say almost nothing about the image. Here the posterior is
-    made a point mass (log-variance -30) and the mean is scaled to SDXL-like unit spread, so that
-    the UNet sees the images. Everything else (UNet, text encoders, scheduler) is the tiny model's.
+    Not the shipped tiny model: that one was trained on the world of :mod:`mapo_data.world` and
+    already draws styles, while this check builds its own mismatched start from scratch, so its
+    figures do not move when the shipped weights are remade. The initial VAE's posterior std
+    (about 0.9) swamps its image-dependent mean (about 0.17), so here the posterior is made a
+    point mass (log-variance -30) and the mean is scaled to SDXL-like unit spread, so that the
+    UNet sees the images. Everything else (UNet, text encoders, scheduler) is the architecture's.
     """
-    from diffusers import AutoencoderKL
+    from diffusers import StableDiffusionXLPipeline
 
-    from mapo_data.tiny import resolve_model_id
+    from mapo_data.tiny import initial_components
 
-    base = Path(resolve_model_id("tiny"))
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(base, out, ignore=shutil.ignore_patterns("vae"))
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+    components = initial_components()
+    vae = components["vae"]
     with torch.no_grad():
         conv = vae.quant_conv
         c = conv.out_channels // 2
@@ -299,7 +301,7 @@ def synthetic_model(out: Path | str) -> Path:
         conv.bias[:c] *= _LATENT_GAIN
         conv.weight[c:] = 0.0
         conv.bias[c:] = -30.0
-    vae.save_pretrained(out / "vae")
+    StableDiffusionXLPipeline(**components, add_watermarker=False).save_pretrained(out)
     return out
 
 

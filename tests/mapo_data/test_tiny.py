@@ -1,5 +1,4 @@
 import json
-import os
 
 import torch
 
@@ -30,26 +29,22 @@ def test_tiny_model_has_sdxl_conditioning_and_renders_native_size(tiny_model_pat
     assert image.size == (TINY_RESOLUTION, TINY_RESOLUTION)
 
 
-def test_tiny_model_is_built_deterministically(tmp_path, monkeypatch, tiny_model_path):
+def test_shipped_tiny_model_is_the_tiny_architecture_trained(tiny_model_path):
+    """The shipped weights fit the architecture defined in code, part for part and tensor for
+    tensor, and are not its seeded initial weights (they were trained on the world)."""
     from safetensors.torch import load_file
 
-    monkeypatch.setenv("MAPO_CACHE", str(tmp_path))
-    mask = os.umask(0o022)
-    try:
-        rebuilt = tiny.tiny_model_path()
-    finally:
-        os.umask(mask)
-    assert rebuilt != tiny_model_path and rebuilt.parent == tmp_path
-    # A cache others can read: not mkdtemp's 0700 folder nor safetensors' 0600 files.
-    modes = {
-        p.relative_to(tmp_path).as_posix(): p.stat().st_mode & 0o777 for p in [rebuilt, *rebuilt.rglob("*")]
-    }
-    assert modes[f"{rebuilt.name}/unet/diffusion_pytorch_model.safetensors"] == 0o644
-    wrong = {k: oct(m) for k, m in modes.items() if m != (0o755 if (tmp_path / k).is_dir() else 0o644)}
-    assert wrong == {}
-    first = load_file(next((tiny_model_path / "unet").glob("*.safetensors")))
-    second = load_file(next((rebuilt / "unet").glob("*.safetensors")))
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    initial = tiny.initial_components()
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        shipped = load_file(next((tiny_model_path / part).glob("*.safetensors")))
+        init = initial[part].state_dict()
+        assert {k: tuple(v.shape) for k, v in shipped.items()} == {
+            k: tuple(v.shape) for k, v in init.items() if k in shipped
+        }
+        assert set(init) - set(shipped) <= {"text_model.embeddings.position_ids"}
+        assert not all(torch.equal(shipped[k], init[k]) for k in shipped), part
+    config = json.loads((tiny_model_path / "vae" / "config.json").read_text())
+    assert config["scaling_factor"] != 0.13025  # set from the trained latents' spread
 
 
 def test_tiny_tokenizer_knows_common_words_whole(tiny_model_path):
