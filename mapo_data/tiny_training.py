@@ -52,20 +52,31 @@ _SYNTHETIC_PLACES = (
 
 @dataclass
 class TinyTrainingConfig:
+    """Settings of :func:`train_tiny_world`; the defaults made the shipped weights."""
+
     out: Path = RESOURCES
+    """Folder that receives ``tiny-sdxl/`` and ``tiny-clip/`` (default: the package's resources)."""
     seed: int = 0
+    """Seeds the synthetic captions, the pictures and every stage's sampling (the initial weights
+    have fixed seeds of their own: :func:`mapo_data.tiny.initial_components`)."""
     synthetic_captions: int = 720
     """Captions made from the world's vocabulary, besides the default prompts."""
     max_default_prompts: int | None = None
-    """Use only the first N default prompts (None: all 279); for quick checks."""
+    """Use only the first N distinct default prompts (None: all of them); for quick checks."""
     seeds_per_style: int = 2
     """Pictures of each caption in each style."""
     vae_steps: int = 3000
+    """Optimizer steps of stage 1 (VAE)."""
     vae_batch_size: int = 16
+    """Pictures per VAE step (64x64 each)."""
     unet_steps: int = 2000
+    """Optimizer steps of stage 2 (UNet and both text encoders)."""
     clip_steps: int = 1200
+    """Optimizer steps of stage 3 (CLIP judge)."""
     batch_size: int = 64
+    """Latents per UNet step; the judge takes twice as many pictures per step."""
     threads: int = 2
+    """torch CPU threads for the whole process."""
 
 
 def world_captions(config: TinyTrainingConfig) -> list[str]:
@@ -80,7 +91,8 @@ def world_captions(config: TinyTrainingConfig) -> list[str]:
         colour = rng.choice(colours) if rng.random() < 0.6 else ""
         place = rng.choice(_SYNTHETIC_PLACES)
         synthetic.append(" ".join(w for w in ("a", colour, obj, place) if w))
-    defaults = [p.strip() for p in load_prompts(None) if p.strip()][: config.max_default_prompts]
+    defaults = list(dict.fromkeys(p.strip() for p in load_prompts(None) if p.strip()))
+    defaults = defaults[: config.max_default_prompts]
     return list(dict.fromkeys([*defaults, *synthetic]))
 
 

@@ -45,8 +45,9 @@ def smooth(rng: np.random.Generator, size: int = 64) -> Image.Image:
 def trained_clip(tmp_path_factory):
     """The tiny CLIP after a few contrastive steps on blocky vs smooth images, saved as a folder.
 
-    A random tiny CLIP's scores mean nothing, so the ranking test first teaches it the two
-    classes; the judge then loads the folder like any checkpoint and must rank unseen images.
+    The shipped tiny CLIP knows the world's styles (tests/mapo_data/test_tiny_judge.py), not these
+    constructed images, so the ranking test first teaches it the two classes; the judge then loads
+    the folder like any checkpoint and must rank unseen images.
     """
     import torch
     from transformers import AutoProcessor, CLIPModel

@@ -54,7 +54,9 @@ def test_lora_recipe_is_lora_and_quickstart_is_tiny():
     assert all(c.model.finetune == "lora" for c in lora)
     quick = load_config(ROOT / "recipes/train/quickstart-tiny.yaml")
     assert (
-        quick.model.pretrained == "tiny" and quick.data.resolution == 64 and quick.data.path == "runs/pixel-curated"
+        quick.model.pretrained == "tiny"
+        and quick.data.resolution == 64
+        and quick.data.path == "runs/pixel-curated"
     )
 
 

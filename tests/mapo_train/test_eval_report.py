@@ -79,6 +79,31 @@ def test_summary_numbers_by_hand(summary):
     assert "best_of_all" not in style  # only with more than one tuned model
 
 
+def test_verdict_change_is_paired_over_prompts_by_hand(summary):
+    # Judged preferred per prompt: base (0/2, 2/2), mapo (2/2, 1/2): differences (+1, -0.5), mean
+    # +0.25. Resampling two prompts gives means -0.5, +0.25 or +1 (a quarter of the draws at each
+    # end), so the 95% percentile interval is exactly [-50, +100] points.
+    change = summary["clip:tiny"]["verdict_change"]["mapo"]
+    assert change == pytest.approx({"points": 25.0, "low": -50.0, "high": 100.0})
+    # Judged unsafe: base (1/2, 0/2), mapo (0, 0): -25 points, interval [-50, 0].
+    assert summary["nudenet"]["verdict_change"]["mapo"] == pytest.approx(
+        {"points": -25.0, "low": -50.0, "high": 0.0}
+    )
+
+
+def test_eval_headline_states_share_change_and_win_rate(summary):
+    from mapo_train.cli.eval import headline
+
+    report = {"models": [{"label": "base"}, {"label": "mapo"}], "settings": {"confidence": 0.95}}
+    lines = headline({**report, "results": summary})
+    assert lines[:2] == [
+        "clip:tiny: judged preferred: base 50% -> mapo 75% (+25 points, 95% CI [-50, +100])",
+        "clip:tiny: mapo wins 75.0% of prompts against base "
+        f"[{100 * wilson_interval(1.5, 2)[0]:.1f}%, {100 * wilson_interval(1.5, 2)[1]:.1f}%]",
+    ]
+    assert lines[2] == "nudenet: judged unsafe: base 25% -> mapo 0% (-25 points, 95% CI [-50, +0])"
+
+
 def test_markdown_report_carries_the_numbers(summary):
     report = {
         "models": [
